@@ -1,0 +1,420 @@
+"""Dreamer: learning behaviors by latent imagination (Hafner et al., 2019, arXiv:1912.01603)."""
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import signal
+import sys
+
+import numpy as np
+
+import wrappers
+
+# Environment workers are started with `spawn`, which re-imports this file as __mp_main__. They render
+# MuJoCo through Mesa, which segfaults in a process that has loaded TensorFlow, so only the main
+# process imports it.
+if __name__ != "__mp_main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+
+    import models
+    import tools
+
+    tfd = tfp.distributions
+
+ACTIVATIONS = ("elu", "relu", "swish", "silu", "gelu", "tanh", "leaky_relu", "selu", "sigmoid")
+
+
+def define_config():
+    c = {}
+    # General.
+    c["logdir"] = pathlib.Path(".")
+    c["seed"] = 0
+    c["steps"] = int(5e6)
+    c["eval_every"] = int(1e4)
+    c["log_every"] = int(1e3)
+    c["log_scalars"] = True
+    c["log_images"] = True
+    c["gpu_growth"] = True
+    c["precision"] = None  # 16 where a GPU is visible, else 32.
+    c["jit"] = False
+    # Environment.
+    c["task"] = "dmc_walker_walk"
+    c["envs"] = 1
+    c["parallel"] = "process"
+    c["action_repeat"] = 2
+    c["time_limit"] = 1000
+    c["prefill"] = 5000
+    c["eval_noise"] = 0.0
+    c["clip_rewards"] = "none"
+    c["replay_size"] = int(2e6)
+    # Model.
+    c["deter_size"] = 200
+    c["stoch_size"] = 30
+    c["num_units"] = 400
+    c["dense_act"] = "elu"
+    c["cnn_act"] = "relu"
+    c["cnn_depth"] = 32
+    c["pcont"] = False
+    c["free_nats"] = 3.0
+    c["kl_scale"] = 1.0
+    c["pcont_scale"] = 10.0
+    c["weight_decay"] = 0.0
+    c["weight_decay_pattern"] = r".*"
+    # Training.
+    c["batch_size"] = 50
+    c["batch_length"] = 50
+    c["train_every"] = 1000
+    c["train_steps"] = 100
+    c["pretrain"] = 100
+    c["model_lr"] = 6e-4
+    c["value_lr"] = 8e-5
+    c["actor_lr"] = 8e-5
+    c["grad_clip"] = 100.0
+    c["dataset_balance"] = False
+    # Behavior.
+    c["discount"] = 0.99
+    c["disclam"] = 0.95
+    c["horizon"] = 15
+    c["action_dist"] = "tanh_normal"
+    c["action_init_std"] = 5.0
+    c["expl"] = "additive_gaussian"
+    c["expl_amount"] = 0.3
+    c["expl_decay"] = 0.0
+    c["expl_min"] = 0.0
+    return c
+
+
+CHOICES = dict(
+    precision=("16", "32", "bf16"),
+    parallel=("process", "thread", "none"),
+    clip_rewards=("none", "tanh"),
+    dense_act=ACTIVATIONS,
+    cnn_act=ACTIVATIONS,
+    action_dist=("tanh_normal", "onehot"),
+    expl=("additive_gaussian", "epsilon_greedy", "completely_random"),
+)
+
+HELP = dict(
+    logdir="run folder: episodes/, checkpoints/, metrics.jsonl, TensorBoard events; rerun to resume",
+    precision="16 (mixed float16, GPUs), bf16 (mixed bfloat16, CPUs with AVX512-BF16) or 32; default: 16 where a "
+    "GPU is visible, else 32",
+    jit="compile the train step with XLA",
+    parallel="where environments run: process (default) renders MuJoCo in worker processes that never import "
+    "TensorFlow, which segfaults Mesa's EGL when both share a process; thread/none only for Atari or non-Mesa GL",
+    replay_size="env steps of episodes kept in memory for sampling (oldest evicted, files stay on disk); "
+    "2e6 at action repeat 2 is about 12 GiB of 64x64 frames",
+    steps="env steps (frames, action repeat included) to train for",
+    task="dmc_<domain>_<task> (DeepMind Control) or atari_<game> (Atari)",
+)
+
+
+def parse_bool(value):
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def parse_int(value):
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if not number.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+    return int(number)
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser.add_argument("--logdir", type=pathlib.Path, required=True, help=HELP["logdir"])
+    parser.add_argument("--eval_only", type=parse_bool, default=False, help="evaluate the latest checkpoint only")
+    parser.add_argument("--eval_episodes", type=parse_int, default=10, help="test episodes of --eval_only")
+    for key, value in define_config().items():
+        if key == "logdir":
+            continue
+        kind = {bool: parse_bool, int: parse_int, float: float}.get(type(value), str)
+        parser.add_argument(f"--{key}", type=kind, default=value, choices=CHOICES.get(key), help=HELP.get(key))
+    return parser
+
+
+def parse_config(argv=None):
+    parser = make_parser()
+    config = tools.AttrDict(vars(parser.parse_args(argv)))
+    suite = config.task.split("_", 1)[0]
+    if suite not in ("dmc", "atari") or "_" not in config.task:
+        parser.error(f"argument --task: unknown task {config.task!r}; use dmc_<domain>_<task> or atari_<game>")
+    if suite == "dmc":
+        try:  # Imports dm_control without making a GL context: safe beside TensorFlow.
+            wrappers.dmc_task(config.task.split("_", 1)[1])
+        except ValueError as e:
+            parser.error(f"argument --task: {e}")
+        if config.parallel != "process" and os.environ.get("DREAMER_ALLOW_TF_RENDER") != "1":
+            parser.error(
+                f"argument --parallel: {config.parallel!r} would render MuJoCo inside the TensorFlow process, which "
+                "segfaults with Mesa's EGL; use --parallel process (or set DREAMER_ALLOW_TF_RENDER=1 for NVIDIA EGL)"
+            )
+    positive = ("steps", "envs", "action_repeat", "batch_size", "batch_length", "horizon", "cnn_depth", "num_units")
+    for key in positive + ("deter_size", "stoch_size", "eval_every", "log_every", "train_every", "time_limit"):
+        if config[key] <= 0:
+            parser.error(f"argument --{key}: must be positive, got {config[key]}")
+    if config.batch_length < 2 or (config.log_images and config.batch_length <= 5):
+        parser.error("argument --batch_length: must be at least 2 (and above 5 with --log_images True)")
+    if config.eval_only and not (config.logdir / "checkpoints").exists():
+        parser.error(f"--eval_only: no checkpoint in {config.logdir}/checkpoints; train a run there first")
+    if suite == "atari":
+        # Discrete actions: an actor without one-hot outputs would send invalid actions to the game.
+        if config.action_dist != "onehot":
+            print(f"Atari has discrete actions: using --action_dist onehot instead of {config.action_dist}.")
+            config.action_dist = "onehot"
+        if config.expl == "additive_gaussian":
+            print("Atari has discrete actions: using --expl epsilon_greedy instead of additive_gaussian.")
+            config.expl = "epsilon_greedy"
+    return config
+
+
+class Dreamer:
+    """World model and actor-critic, with one compiled policy and one compiled train step."""
+
+    def __init__(self, config, logger, dataset, image_shape, act_dim, step):
+        self._c = c = config
+        self._logger = logger
+        self._dataset = iter(dataset)
+        self._act_dim = act_dim
+        self.step = step
+        self.world_model = models.WorldModel(c, image_shape, act_dim)
+        feat_size = c.stoch_size + c.deter_size
+        self.behavior = models.ActorCritic(c, feat_size, act_dim)
+        for name, module in (("model", self.world_model), ("actor", self.behavior.actor), ("value", self.behavior.value)):
+            modules = module.modules if name == "model" else [module]
+            print(f"Found {sum(models.count_params(m) for m in modules)} {name} parameters.")
+        self.next_train = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.next_log = tf.Variable(0, dtype=tf.int64, trainable=False)
+        latent = self.world_model.dynamics.initial(1)
+        state_spec = (
+            {k: tf.TensorSpec([None, v.shape[-1]], v.dtype) for k, v in latent.items()},
+            tf.TensorSpec([None, act_dim], tf.float32),
+        )
+        image_spec = tf.TensorSpec([None, *image_shape], tf.uint8)
+        scalar = lambda dtype: tf.TensorSpec([], dtype)
+        self.policy = tf.function(
+            self._policy,
+            input_signature=[image_spec, tf.TensorSpec([None], tf.bool), state_spec, scalar(tf.bool), scalar(tf.float32)],
+        )
+        data_spec = dataset.element_spec
+        self.train = tf.function(self._train, input_signature=[data_spec], jit_compile=c.jit)
+        self._openl = tf.function(self.world_model.openl, input_signature=[data_spec])
+        wm, ac = self.world_model, self.behavior
+        self._checkpoint = tf.train.Checkpoint(
+            encoder=wm.encoder,
+            dynamics=wm.dynamics,
+            **{f"{k}_head": v for k, v in wm.heads.items()},
+            actor=ac.actor,
+            value=ac.value,
+            model_opt=wm.optimizer.opt,
+            actor_opt=ac.actor_opt.opt,
+            value_opt=ac.value_opt.opt,
+            next_train=self.next_train,
+            next_log=self.next_log,
+        )
+        self._manager = tf.train.CheckpointManager(self._checkpoint, c.logdir / "checkpoints", max_to_keep=2)
+
+    def __call__(self, obs, reset, state=None, training=True):
+        if training and self.step >= self.next_train.numpy():
+            self._train_burst()
+        if state is None:
+            latent = self.world_model.dynamics.initial(len(reset))
+            state = (latent, tf.zeros((len(reset), self._act_dim), tf.float32))
+        amount = self.expl_amount() if training else self._c.eval_noise
+        action, state = self.policy(obs["image"], reset, state, training, amount)
+        if training:
+            self.step += len(reset) * self._c.action_repeat
+        return action.numpy(), state
+
+    def expl_amount(self):
+        amount = self._c.expl_amount
+        if self._c.expl_decay:
+            amount *= 0.5 ** (self.step / self._c.expl_decay)
+        return max(self._c.expl_min, amount)
+
+    def _train_burst(self):
+        c = self._c
+        steps = c.pretrain if self.next_train.numpy() == 0 else c.train_steps
+        print(f"Training for {steps} steps.", flush=True)
+        for _ in range(steps):
+            data = next(self._dataset)
+            metrics = self.train(data)
+            if c.log_scalars:
+                for name, value in metrics.items():
+                    self._logger.scalar(name, value)
+        self.next_train.assign((self.step // c.train_every + 1) * c.train_every)
+        if self.step >= self.next_log.numpy():
+            self._logger.scalar("expl_amount", self.expl_amount())
+            if c.log_images:
+                self._logger.video("agent/openl", self._openl(data).numpy())
+            self._logger.write(self.step, fps=True)
+            self.next_log.assign((self.step // c.log_every + 1) * c.log_every)
+
+    def _train(self, data):
+        post, metrics = self.world_model.train(data)
+        metrics.update(self.behavior.train(post, self.world_model))
+        feat = tf.stop_gradient(self.world_model.dynamics.get_feat(post))
+        metrics["action_ent"] = tf.reduce_mean(self.behavior.actor(feat).entropy())
+        return metrics
+
+    def _policy(self, image, reset, state, training, amount):
+        mask = 1.0 - tf.cast(reset, tf.float32)[:, None]
+        state = tf.nest.map_structure(lambda x: x * tf.cast(mask, x.dtype), state)
+        latent, action = state
+        dynamics = self.world_model.dynamics
+        embed = self.world_model.encoder(tools.preprocess({"image": image}, self._c)["image"])
+        latent, _ = dynamics.obs_step(latent, action, embed)
+        dist = self.behavior.actor(dynamics.get_feat(latent))
+        action = tf.cond(training, dist.sample, dist.mode)
+        action = self._exploration(action, amount)
+        return action, (latent, action)
+
+    def _exploration(self, action, amount):
+        expl = self._c.expl
+        if expl == "additive_gaussian":
+            return tf.clip_by_value(tfd.Normal(action, amount).sample(), -1, 1)
+        if expl == "completely_random":
+            return tf.where(amount > 0, tf.random.uniform(tf.shape(action), -1, 1), action)
+        if expl == "epsilon_greedy":
+            indices = tfd.Categorical(logits=tf.zeros_like(action)).sample()
+            random = tf.one_hot(indices, self._act_dim, dtype=action.dtype)
+            return tf.where(tf.random.uniform(tf.shape(action)[:1])[:, None] < amount, random, action)
+        raise NotImplementedError(expl)
+
+    def save(self):
+        path = self._manager.save(checkpoint_number=self.step)
+        print(f"Saved checkpoint {path}.", flush=True)
+
+    def load(self):
+        """Restore the latest checkpoint, if any; returns whether one was found."""
+        path = self._manager.latest_checkpoint
+        if not path:
+            return False
+        try:
+            self._checkpoint.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            sys.exit(
+                f"error: checkpoint {path} does not fit this run ({str(e).splitlines()[0][:300]}). Use the flags it "
+                f"was trained with (see {self._c.logdir / 'config.json'}), or a new --logdir."
+            )
+        print(f"Loaded checkpoint {path}.", flush=True)
+        return True
+
+
+def process_episode(config, logger, mode, datadir, episode):
+    if mode == "train":
+        tools.save_episodes(datadir, [episode])
+    step = tools.count_steps(datadir, config.action_repeat)
+    length = (len(episode["reward"]) - 1) * config.action_repeat
+    ret = float(episode["reward"].astype(np.float64).sum())
+    print(f"{mode.title()} episode of length {length} with return {ret:.1f}.", flush=True)
+    scalars = {f"{mode}/return": ret, f"{mode}/length": length, "episodes": tools.count_episodes(datadir)}
+    videos = {f"sim/{mode}/video": episode["image"][None]} if mode == "test" and config.log_images else {}
+    logger.log(step, scalars, videos)
+
+
+def make_envs(config, logger, datadir, mode):
+    envs = []
+    for index in range(config.envs):
+        seed = config.seed + index + (10000 if mode == "test" else 0)
+        ctor = functools.partial(
+            wrappers.make_env,
+            config.task,
+            config.action_repeat,
+            config.time_limit,
+            seed=seed,
+            life_done=(mode == "train"),
+        )
+        env = wrappers.Async(ctor, config.parallel)
+        callback = functools.partial(process_episode, config, logger, mode, datadir)
+        precision = 16 if config.precision == "16" else 32
+        envs.append(wrappers.Collect(env, [callback], precision))
+    return envs
+
+
+def random_agent(action_space, seed):
+    random = np.random.RandomState(seed)
+    act_dim = action_space.shape[0]
+    discrete = isinstance(action_space, wrappers.OneHotBox)
+
+    def policy(obs, done, state):
+        if discrete:
+            return np.eye(act_dim, dtype=np.float32)[random.randint(act_dim, size=len(done))], None
+        return random.uniform(action_space.low, action_space.high, (len(done), act_dim)).astype(np.float32), None
+
+    return policy
+
+
+def setup(config):
+    for gpu in tf.config.list_physical_devices("GPU"):
+        if config.gpu_growth:
+            tf.config.experimental.set_memory_growth(gpu, True)
+    if config.precision is None:
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        config.precision = "16" if gpu else "32"
+        print(f"Precision {config.precision} ({'a GPU is' if gpu else 'no GPU'} visible; set --precision to change).")
+    policy = {"16": "mixed_float16", "bf16": "mixed_bfloat16", "32": "float32"}[config.precision]
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(config.seed)
+
+
+def main(config):
+    setup(config)
+    logdir = config.logdir = config.logdir.expanduser()
+    datadir = logdir / "episodes"
+    step = tools.count_steps(datadir, config.action_repeat)
+    logdir.mkdir(parents=True, exist_ok=True)
+    saved = {k: str(v) for k, v in config.items()}
+    if not config.eval_only:
+        (logdir / "config.json").write_text(json.dumps(saved, indent=2))
+    logger = tools.Logger(logdir, step)
+    # A polite kill (timeout, cluster preemption) stops like Ctrl-C: checkpoint written, run resumable.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    train_envs = make_envs(config, logger, datadir, "train")
+    test_envs = make_envs(config, logger, datadir, "test")
+    envs = train_envs + test_envs
+    try:
+        action_space = train_envs[0].action_space
+        image_shape = train_envs[0].obs_space["image"].shape
+        prefill = max(0, config.prefill - step)
+        if prefill and not config.eval_only:
+            print(f"Prefill dataset with {prefill} steps.", flush=True)
+            agent = random_agent(action_space, config.seed)
+            tools.simulate(agent, train_envs, steps=prefill // config.action_repeat)
+            step = tools.count_steps(datadir, config.action_repeat)
+        store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
+        dataset = tools.make_dataset(store, config)
+        agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step)
+        agent.load()
+        print(f"Simulating agent for {config.steps - step} steps.", flush=True)
+        state = None
+        try:
+            while step < config.steps:
+                print("Start evaluation.", flush=True)
+                tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1)
+                print("Start collection.", flush=True)
+                state = tools.simulate(agent, train_envs, config.eval_every // config.action_repeat, state=state)
+                step = tools.count_steps(datadir, config.action_repeat)
+                agent.save()
+        except KeyboardInterrupt:
+            print("Interrupted: saving a checkpoint before exiting.", flush=True)
+            agent.save()
+    finally:
+        for env in envs:
+            env.close()
+        logger.close()
+
+
+if __name__ == "__main__":
+    main(parse_config())

@@ -1,0 +1,285 @@
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tools
+
+tfd = tfp.distributions
+layers = keras.layers
+
+
+def swap(x):
+    """Batch-major [B, T, ...] <-> time-major [T, B, ...]."""
+    return tf.experimental.numpy.swapaxes(x, 0, 1)
+
+
+class RSSM(layers.Layer):
+    """Recurrent state-space model: deterministic GRU state plus diagonal Gaussian stochastic state."""
+
+    def __init__(self, stoch=30, deter=200, hidden=200, act="elu", **kwargs):
+        super().__init__(**kwargs)
+        self._stoch_size = stoch
+        self._deter_size = deter
+        self.cell = layers.GRUCell(deter)
+        self.img1 = layers.Dense(hidden, act)
+        self.img2 = layers.Dense(hidden, act)
+        self.img3 = layers.Dense(2 * stoch)
+        self.obs1 = layers.Dense(hidden, act)
+        self.obs2 = layers.Dense(2 * stoch)
+
+    def initial(self, batch_size):
+        zeros = lambda size: tf.zeros([batch_size, size], self.compute_dtype)
+        return dict(
+            mean=zeros(self._stoch_size),
+            std=zeros(self._stoch_size),
+            stoch=zeros(self._stoch_size),
+            deter=zeros(self._deter_size),
+        )
+
+    def observe(self, embed, action, state=None):
+        if state is None:
+            state = self.initial(tf.shape(action)[0])
+        post, prior = tf.scan(
+            lambda prev, inputs: self.obs_step(prev[0], *inputs),
+            (swap(action), swap(embed)),
+            (state, state),
+        )
+        return tf.nest.map_structure(swap, post), tf.nest.map_structure(swap, prior)
+
+    def imagine(self, action, state=None):
+        if state is None:
+            state = self.initial(tf.shape(action)[0])
+        prior = tf.scan(self.img_step, swap(action), state)
+        return tf.nest.map_structure(swap, prior)
+
+    def get_feat(self, state):
+        return tf.concat([state["stoch"], state["deter"]], -1)
+
+    def get_dist(self, state):
+        mean, std = tf.cast(state["mean"], tf.float32), tf.cast(state["std"], tf.float32)
+        return tfd.MultivariateNormalDiag(mean, std)
+
+    def obs_step(self, prev_state, prev_action, embed):
+        prior = self.img_step(prev_state, prev_action)
+        x = tf.concat([prior["deter"], tf.cast(embed, self.compute_dtype)], -1)
+        x = self.obs2(self.obs1(x))
+        post = self._stats(x)
+        post["deter"] = prior["deter"]
+        return post, prior
+
+    def img_step(self, prev_state, prev_action):
+        x = tf.concat([prev_state["stoch"], tf.cast(prev_action, self.compute_dtype)], -1)
+        x = self.img1(x)
+        x, deter = self.cell(x, prev_state["deter"])
+        x = self.img3(self.img2(x))
+        prior = self._stats(x)
+        prior["deter"] = deter
+        return prior
+
+    def _stats(self, x):
+        mean, std = tf.split(x, 2, -1)
+        std = tf.nn.softplus(std) + 0.1
+        stoch = tf.cast(self.get_dist(dict(mean=mean, std=std)).sample(), self.compute_dtype)
+        return dict(mean=mean, std=std, stoch=stoch)
+
+
+class ConvEncoder(layers.Layer):
+    def __init__(self, depth=32, act="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.convs = [layers.Conv2D(2**i * depth, 4, strides=2, activation=act) for i in range(4)]
+
+    def call(self, image):
+        x = tf.reshape(tf.cast(image, self.compute_dtype), [-1, *image.shape[-3:]])
+        for conv in self.convs:
+            x = conv(x)
+        x = tf.reshape(x, [-1, np.prod(x.shape[1:])])
+        return tf.reshape(x, tf.concat([tf.shape(image)[:-3], tf.shape(x)[-1:]], 0))
+
+
+class ConvDecoder(layers.Layer):
+    def __init__(self, depth=32, act="relu", shape=(64, 64, 3), **kwargs):
+        super().__init__(**kwargs)
+        self._depth = depth
+        self._shape = tuple(shape)
+        self.dense = layers.Dense(32 * depth)
+        self.deconvs = [
+            layers.Conv2DTranspose(4 * depth, 5, strides=2, activation=act),
+            layers.Conv2DTranspose(2 * depth, 5, strides=2, activation=act),
+            layers.Conv2DTranspose(1 * depth, 6, strides=2, activation=act),
+            layers.Conv2DTranspose(shape[-1], 6, strides=2),
+        ]
+
+    def call(self, features):
+        x = self.dense(tf.cast(features, self.compute_dtype))
+        x = tf.reshape(x, [-1, 1, 1, 32 * self._depth])
+        for deconv in self.deconvs:
+            x = deconv(x)
+        mean = tf.reshape(tf.cast(x, tf.float32), tf.concat([tf.shape(features)[:-1], self._shape], 0))
+        return tfd.Independent(tfd.Normal(mean, 1.0), len(self._shape))
+
+
+class DenseDecoder(layers.Layer):
+    def __init__(self, shape, num_layers, units, dist="normal", act="elu", **kwargs):
+        super().__init__(**kwargs)
+        self._shape = tuple(shape)
+        self._dist = dist
+        self.hidden = [layers.Dense(units, act) for _ in range(num_layers)]
+        self.out = layers.Dense(int(np.prod(self._shape)))
+
+    def call(self, features):
+        x = tf.cast(features, self.compute_dtype)
+        for dense in self.hidden:
+            x = dense(x)
+        x = tf.cast(self.out(x), tf.float32)
+        x = tf.reshape(x, tf.concat([tf.shape(features)[:-1], self._shape], 0))
+        if self._dist == "normal":
+            return tfd.Independent(tfd.Normal(x, 1.0), len(self._shape))
+        if self._dist == "binary":
+            return tfd.Independent(tfd.Bernoulli(logits=x, dtype=tf.float32), len(self._shape))
+        raise NotImplementedError(self._dist)
+
+
+class ActionDecoder(layers.Layer):
+    def __init__(
+        self, size, num_layers, units, dist="tanh_normal", act="elu", min_std=1e-4, init_std=5.0, mean_scale=5.0, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self._size = size
+        self._dist = dist
+        self._min_std = min_std
+        self._raw_init_std = np.log(np.exp(init_std) - 1)  # softplus^-1(init_std)
+        self._mean_scale = mean_scale
+        self.hidden = [layers.Dense(units, act) for _ in range(num_layers)]
+        self.out = layers.Dense(2 * size if dist == "tanh_normal" else size)
+
+    def call(self, features):
+        x = tf.cast(features, self.compute_dtype)
+        for dense in self.hidden:
+            x = dense(x)
+        x = tf.cast(self.out(x), tf.float32)
+        if self._dist == "tanh_normal":
+            mean, std = tf.split(x, 2, -1)
+            mean = self._mean_scale * tf.tanh(mean / self._mean_scale)
+            std = tf.nn.softplus(std + self._raw_init_std) + self._min_std
+            dist = tfd.TransformedDistribution(tfd.Normal(mean, std), tools.TanhBijector())
+            return tools.SampleDist(tfd.Independent(dist, 1))
+        if self._dist == "onehot":
+            return tools.OneHotDist(logits=x)
+        raise NotImplementedError(self._dist)
+
+
+def count_params(module):
+    return int(sum(np.prod(v.shape) for v in module.trainable_variables))
+
+
+class WorldModel:
+    """Encoder, RSSM, image and reward (and optional continuation) heads, trained by reconstruction and KL."""
+
+    def __init__(self, config, image_shape, act_dim):
+        self._c = config
+        c = config
+        self.encoder = ConvEncoder(c.cnn_depth, c.cnn_act, name="encoder")
+        self.dynamics = RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act, name="dynamics")
+        self.heads = {
+            "image": ConvDecoder(c.cnn_depth, c.cnn_act, image_shape, name="image"),
+            "reward": DenseDecoder((), 2, c.num_units, act=c.dense_act, name="reward"),
+        }
+        if c.pcont:
+            self.heads["pcont"] = DenseDecoder((), 3, c.num_units, "binary", c.dense_act, name="pcont")
+        self.modules = [self.encoder, self.dynamics, *self.heads.values()]
+        # Build every variable eagerly, before any tracing.
+        embed = self.encoder(tf.zeros((1, 1, *image_shape)))
+        post, _ = self.dynamics.observe(embed, tf.zeros((1, 1, act_dim)))
+        feat = self.dynamics.get_feat(post)
+        for head in self.heads.values():
+            head(feat)
+        self.variables = [v for m in self.modules for v in m.trainable_variables]
+        self.optimizer = tools.Optimizer(
+            "model", self.variables, c.model_lr, clip=c.grad_clip, wd=c.weight_decay, wd_pattern=c.weight_decay_pattern, precision=c.precision
+        )
+
+    def loss(self, data):
+        c = self._c
+        embed = self.encoder(data["image"])
+        post, prior = self.dynamics.observe(embed, data["action"])
+        feat = self.dynamics.get_feat(post)
+        likes = {}
+        likes["image"] = tf.reduce_mean(self.heads["image"](feat).log_prob(data["image"]))
+        likes["reward"] = tf.reduce_mean(self.heads["reward"](feat).log_prob(data["reward"]))
+        if c.pcont:
+            target = c.discount * data["discount"]
+            likes["pcont"] = c.pcont_scale * tf.reduce_mean(self.heads["pcont"](feat).log_prob(target))
+        prior_dist, post_dist = self.dynamics.get_dist(prior), self.dynamics.get_dist(post)
+        div = tf.reduce_mean(tfd.kl_divergence(post_dist, prior_dist))
+        div = tf.maximum(div, c.free_nats)
+        loss = c.kl_scale * div - sum(likes.values())
+        metrics = dict(model_loss=loss, div=div, prior_ent=tf.reduce_mean(prior_dist.entropy()))
+        metrics["post_ent"] = tf.reduce_mean(post_dist.entropy())
+        metrics.update({f"{k}_loss": -v for k, v in likes.items()})
+        return loss, post, metrics
+
+    def train(self, data):
+        with tf.GradientTape() as tape:
+            loss, post, metrics = self.loss(data)
+        metrics.update(self.optimizer(tape, loss))
+        return post, metrics
+
+    def openl(self, data):
+        """Open-loop video: 5 frames observed, the rest predicted from actions; rows truth, model, error."""
+        data = {k: v[:6] for k, v in data.items()}
+        embed = self.encoder(data["image"])
+        post, _ = self.dynamics.observe(embed[:, :5], data["action"][:, :5])
+        recon = self.heads["image"](self.dynamics.get_feat(post)).mode()
+        init = {k: v[:, -1] for k, v in post.items()}
+        prior = self.dynamics.imagine(data["action"][:, 5:], init)
+        openl = self.heads["image"](self.dynamics.get_feat(prior)).mode()
+        truth = data["image"] + 0.5
+        model = tf.concat([recon + 0.5, openl + 0.5], 1)
+        error = (model - truth + 1) / 2
+        return tf.clip_by_value(tf.concat([truth, model, error], 2), 0.0, 1.0)
+
+
+class ActorCritic:
+    """Actor and value model learned from imagined rollouts of the world model."""
+
+    def __init__(self, config, feat_size, act_dim):
+        self._c = c = config
+        self.actor = ActionDecoder(act_dim, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std, name="actor")
+        self.value = DenseDecoder((), 3, c.num_units, act=c.dense_act, name="value")
+        feat = tf.zeros((1, feat_size))
+        self.actor(feat).mode()
+        self.value(feat)
+        kw = dict(clip=c.grad_clip, wd=c.weight_decay, wd_pattern=c.weight_decay_pattern, precision=c.precision)
+        self.actor_opt = tools.Optimizer("actor", self.actor.trainable_variables, c.actor_lr, **kw)
+        self.value_opt = tools.Optimizer("value", self.value.trainable_variables, c.value_lr, **kw)
+
+    def imagine(self, start, dynamics):
+        """Roll the prior `horizon` steps from every start state with actions sampled from the actor."""
+        policy = lambda state: self.actor(tf.stop_gradient(dynamics.get_feat(state))).sample()
+        states = tf.scan(lambda prev, _: dynamics.img_step(prev, policy(prev)), tf.range(self._c.horizon), start)
+        return dynamics.get_feat(states)
+
+    def train(self, post, world_model):
+        c = self._c
+        if c.pcont:  # The last step could be terminal.
+            post = {k: v[:, :-1] for k, v in post.items()}
+        start = {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]])) for k, v in post.items()}
+        with tf.GradientTape() as actor_tape:
+            feat = self.imagine(start, world_model.dynamics)
+            reward = world_model.heads["reward"](feat).mode()
+            if c.pcont:
+                pcont = world_model.heads["pcont"](feat).mean()
+            else:
+                pcont = c.discount * tf.ones_like(reward)
+            value = self.value(feat).mode()
+            returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], c.disclam, axis=0)
+            weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
+            actor_loss = -tf.reduce_mean(weights * returns)
+        with tf.GradientTape() as value_tape:
+            value_pred = self.value(tf.stop_gradient(feat[:-1]))
+            value_loss = -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
+        metrics = dict(actor_loss=actor_loss, value_loss=value_loss)
+        metrics.update(self.actor_opt(actor_tape, actor_loss))
+        metrics.update(self.value_opt(value_tape, value_loss))
+        return metrics

@@ -1,0 +1,312 @@
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import plotting
+
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+
+def write_run(root, task, method, seed, steps, returns, key="test/return"):
+    path = pathlib.Path(root, task, method, str(seed), "metrics.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for step, value in zip(steps, returns):
+            f.write(json.dumps({"step": step, key: value}) + "\n")
+            f.write(
+                json.dumps({"step": step, "model_loss": 1.0}) + "\n"
+            )  # Lines without the y key.
+    return path
+
+
+def write_runs(
+    root,
+    tasks=("dmc_walker_walk", "dmc_cheetah_run"),
+    methods=("dreamer", "planet"),
+    seeds=3,
+):
+    steps = np.arange(0, 100_000, 5_000)
+    for t, task in enumerate(tasks):
+        for m, method in enumerate(methods):
+            for seed in range(seeds):
+                write_run(
+                    root,
+                    task,
+                    method,
+                    seed,
+                    steps.tolist(),
+                    (steps / 100 * (m + 1) + seed + t).tolist(),
+                )
+
+
+def lines_of(ax):
+    return [line for line in ax.get_lines() if len(line.get_xdata())]
+
+
+def legend_labels(fig):
+    return [text.get_text() for legend in fig.legends for text in legend.get_texts()]
+
+
+def test_bin_run_means_within_bins_at_centers():
+    xs, ys = plotting.bin_run([0, 10, 20, 35, 40], [1, 3, 5, 7, 9], 20)
+    np.testing.assert_allclose(xs, [10, 30, 50])
+    np.testing.assert_allclose(ys, [2, 6, 9])
+    xs, ys = plotting.bin_run([0, 10, 10, 20], [1, 2, 4, 5], None)
+    np.testing.assert_allclose(xs, [0, 10, 20])
+    np.testing.assert_allclose(ys, [1, 3, 5])
+
+
+def test_aggregate_over_seeds():
+    runs = [
+        {"xs": np.array([0.0, 5, 10]), "ys": np.array([1.0, 3, 10])},
+        {"xs": np.array([0.0, 10]), "ys": np.array([4.0, 20])},
+        {"xs": np.array([1.0, 11, 25]), "ys": np.array([5.0, 30, 7])},
+    ]
+    xs, line, lower, upper = plotting.aggregate(runs, 10, "mean", "std")
+    np.testing.assert_allclose(xs, [5, 15, 25])
+    first = np.array([2.0, 4, 5])  # Seed 0 averages 1 and 3 within its first bin.
+    np.testing.assert_allclose(line, [first.mean(), 20, 7])
+    np.testing.assert_allclose(upper - line, [first.std(), np.std([10, 20, 30]), 0])
+    np.testing.assert_allclose(line - lower, upper - line)
+    xs, line, lower, upper = plotting.aggregate(runs, 10, "median", "minmax")
+    np.testing.assert_allclose(line, [4, 20, 7])
+    np.testing.assert_allclose(lower, [2, 10, 7])
+    np.testing.assert_allclose(upper, [5, 30, 7])
+
+
+def test_main_writes_png_and_pdf_with_one_subplot_per_task(tmp_path):
+    write_runs(tmp_path / "logdir")
+    outdir = tmp_path / "plots"
+    assert (
+        plotting.main(
+            [
+                "--indir",
+                str(tmp_path / "logdir"),
+                "--outdir",
+                str(outdir),
+                "--bins",
+                "1e4",
+            ]
+        )
+        == 0
+    )
+    assert (outdir / "curves.png").stat().st_size > 0
+    assert (outdir / "curves.pdf").read_bytes().startswith(b"%PDF")
+    runs = plotting.load_runs([tmp_path / "logdir"])
+    assert len(runs) == 12 and all(len(run["xs"]) == 20 for run in runs)
+    fig, axes = plotting.plot(runs, bins=1e4)
+    assert len(fig.axes) == len(axes) == 2
+    assert [ax.get_title() for ax in axes] == ["Cheetah Run", "Walker Walk"]
+    assert all(len(lines_of(ax)) == 2 for ax in axes)
+    assert legend_labels(fig) == ["dreamer", "planet"]
+    colors = [
+        {line.get_label(): line.get_color() for line in lines_of(ax)} for ax in axes
+    ]
+    assert colors[0] == colors[1]
+    assert (
+        plotting.format_number(1.5e6) == "1.5M" and plotting.format_number(3e4) == "30k"
+    )
+
+
+def test_robustness_skips_bad_runs_with_warnings(tmp_path, capsys):
+    logdir = tmp_path / "logdir"
+    write_runs(logdir, tasks=("dmc_walker_walk",), methods=("dreamer",), seeds=1)
+    missing = write_run(
+        logdir, "dmc_walker_walk", "dreamer", 1, [0, 1000], [1, 2], key="train/return"
+    )
+    nans = write_run(
+        logdir,
+        "dmc_walker_walk",
+        "dreamer",
+        2,
+        [0, 1000, 2000],
+        [1.0, float("nan"), 3.0],
+    )
+    partial = write_run(logdir, "dmc_walker_walk", "dreamer", 3, [0, 1000], [1, 2])
+    partial.write_text(partial.read_text() + '{"step": 2000, "test/ret')
+    garbage = write_run(logdir, "dmc_walker_walk", "dreamer", 4, [0, 1000], [1, 2])
+    garbage.write_bytes(b"\xff\xfe not json\n[1, 2]\n" + garbage.read_bytes())
+    empty = logdir / "dmc_walker_walk" / "dreamer" / "5" / "metrics.jsonl"
+    empty.parent.mkdir()
+    empty.touch()
+    shallow = logdir / "dmc_walker_walk" / "metrics.jsonl"
+    shallow.write_text('{"step": 0, "test/return": 1}\n')
+    runs = plotting.load_runs([logdir])
+    err = capsys.readouterr().err
+    assert sorted(run["seed"] for run in runs) == ["0", "2", "3", "4"]
+    assert [len(run["xs"]) for run in sorted(runs, key=lambda run: run["seed"])] == [
+        20,
+        2,
+        2,
+        2,
+    ]
+    for path, reason in [
+        (missing, "no 'test/return' values"),
+        (nans, "dropped 1 of 3 points"),
+        (partial, "skipped 1 undecodable line"),
+        (garbage, "skipped 2 undecodable line"),
+        (empty, "empty file"),
+        (shallow, "not at <indir>/<task>/<method>/<seed>/metrics.jsonl"),
+    ]:
+        assert f"warning: {path}: {reason}" in err
+    assert (
+        plotting.main(["--indir", str(logdir), "--outdir", str(tmp_path / "plots")])
+        == 0
+    )
+    assert (tmp_path / "plots" / "curves.png").exists()
+
+
+def test_nothing_to_plot_exits_with_message(tmp_path, capsys):
+    logdir = tmp_path / "logdir"
+    write_run(
+        logdir, "dmc_walker_walk", "dreamer", 0, [0, 1000], [1, 2], key="train/return"
+    )
+    assert (
+        plotting.main(["--indir", str(logdir), "--outdir", str(tmp_path / "plots")])
+        == 1
+    )
+    assert "error: nothing to plot" in capsys.readouterr().err
+    assert not (tmp_path / "plots").exists()
+    command = [
+        sys.executable,
+        str(ROOT / "plotting.py"),
+        "--indir",
+        str(tmp_path / "missing"),
+    ]
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert (
+        "error: nothing to plot" in result.stderr and "Traceback" not in result.stderr
+    )
+
+
+def test_labels_filters_and_several_indirs(tmp_path):
+    write_runs(tmp_path / "a", methods=("dreamer",), seeds=2)
+    write_runs(tmp_path / "b", methods=("planet", "slac"), seeds=1)
+    args = [
+        "--indir",
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+        "--outdir",
+        str(tmp_path / "plots"),
+    ]
+    args += [
+        "--labels",
+        "dream.*",
+        "Dreamer",
+        "planet",
+        "PlaNet",
+        "--tasks",
+        "dmc_walker_.*",
+    ]
+    args += ["--methods", "dreamer", "planet"]
+    assert plotting.main(args) == 0
+    runs = plotting.load_runs(
+        [tmp_path / "a", tmp_path / "b"],
+        tasks=["dmc_walker_.*"],
+        methods=["dreamer", "planet"],
+    )
+    assert {(run["task"], run["method"]) for run in runs} == {
+        ("dmc_walker_walk", "dreamer"),
+        ("dmc_walker_walk", "planet"),
+    }
+    assert len(runs) == 3
+    assert plotting.rename("dreamer", [("dream.*", "Dreamer")]) == "Dreamer"
+    assert plotting.rename("planet", [("dream.*", "Dreamer")]) == "planet"
+    # Full matches: a task name does not select its longer variants.
+    assert plotting.matches("dmc_cartpole_balance", ["dmc_cartpole_balance"])
+    assert not plotting.matches("dmc_cartpole_balance_sparse", ["dmc_cartpole_balance"])
+    runs = [
+        dict(
+            run,
+            method=plotting.rename(
+                run["method"], [("dream.*", "Dreamer"), ("planet", "PlaNet")]
+            ),
+        )
+        for run in runs
+    ]
+    fig, axes = plotting.plot(runs)
+    assert len(axes) == 1 and legend_labels(fig) == ["Dreamer", "PlaNet"]
+
+
+def test_add_aggregates_all_methods(tmp_path):
+    write_runs(tmp_path, tasks=("dmc_walker_walk",), seeds=2)
+    runs = plotting.load_runs([tmp_path])
+    _fig, (ax,) = plotting.plot(runs, bins=1e4, add=["mean", "max"])
+    lines = {line.get_label(): line for line in lines_of(ax)}
+    assert set(lines) == {"dreamer", "planet", "mean", "max"}
+    _, expected, _, _ = plotting.aggregate(runs, 1e4, "mean", "none")
+    np.testing.assert_allclose(lines["mean"].get_ydata(), expected)
+    np.testing.assert_allclose(
+        lines["max"].get_ydata(),
+        np.max([plotting.bin_run(r["xs"], r["ys"], 1e4)[1] for r in runs], 0),
+    )
+
+
+@pytest.fixture
+def reference():
+    if not (REFERENCE / "dreamer_paper_curves.json").exists():
+        pytest.skip(f"no reference data at {REFERENCE}")
+    return REFERENCE
+
+
+def test_reference_curves_and_baselines(reference):
+    runs = plotting.load_curves([reference / "dreamer_paper_curves.json"])
+    baselines = plotting.load_baselines([reference / "paper_baselines.json"])
+    assert len(runs) == 100 and {run["seed"] for run in runs} == {
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+    }
+    fig, axes = plotting.plot(runs, baselines)
+    assert len(fig.axes) == len(axes) == 20
+    assert all(lines_of(ax) for ax in axes)
+    ax = next(ax for ax in axes if ax.get_title() == "Cartpole Swingup")
+    flat = {
+        line.get_label(): line.get_ydata()
+        for line in ax.get_lines()
+        if line.get_linestyle() == "--"
+    }
+    assert flat.keys() == baselines["dmc_cartpole_swingup"].keys()
+    for method, ys in flat.items():
+        np.testing.assert_allclose(ys, baselines["dmc_cartpole_swingup"][method])
+    assert {"dreamer", "d4pg_100m", "a3c_100m_proprio"} <= set(legend_labels(fig))
+
+
+def test_own_run_beside_reference_in_one_command(reference, tmp_path, capsys):
+    write_runs(
+        tmp_path / "logdir", tasks=("dmc_cartpole_balance",), methods=("mine",), seeds=1
+    )
+    args = [
+        "--indir",
+        str(tmp_path / "logdir"),
+        "--outdir",
+        str(tmp_path / "plots"),
+        "--tasks",
+        "dmc_cartpole_balance",
+    ]
+    args += [
+        "--curves",
+        str(reference / "dreamer_paper_curves.json"),
+        str(reference / "calibration_cartpole_balance.json"),
+    ]
+    args += [
+        "--baselines_file",
+        str(reference / "paper_baselines.json"),
+        "--baselines",
+        "d4pg.*",
+    ]
+    assert plotting.main(args) == 0
+    assert "1 tasks, 7 runs" in capsys.readouterr().out
+    assert (tmp_path / "plots" / "curves.pdf").exists()

@@ -1,0 +1,387 @@
+import datetime
+import io
+import json
+import pathlib
+import re
+import time
+import uuid
+import warnings
+
+import imageio.v3 as iio
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+
+class AttrDict(dict):
+    __getattr__ = dict.__getitem__
+    __setattr__ = dict.__setitem__
+
+
+# Episode store.
+
+
+def save_episodes(directory, episodes):
+    """Write episodes as <timestamp>-<uuid>-<length>.npz; a kill never leaves a partial file under a final name."""
+    directory = pathlib.Path(directory).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    filenames = []
+    for episode in episodes:
+        timestamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+        length = len(episode["reward"])
+        filename = directory / f"{timestamp}-{uuid.uuid4().hex}-{length}.npz"
+        with io.BytesIO() as buffer:
+            np.savez_compressed(buffer, **episode)
+            data = buffer.getvalue()
+        temp = filename.with_suffix(".tmp")
+        with temp.open("wb") as f:
+            f.write(data)
+        temp.rename(filename)
+        filenames.append(filename)
+    return filenames
+
+
+def episode_length(filename):
+    """Transitions in an episode file, read from its name: the first entry is the reset observation."""
+    return int(pathlib.Path(filename).stem.rsplit("-", 1)[-1]) - 1
+
+
+def count_steps(directory, action_repeat):
+    """Env steps (frames, action repeat included) on disk, from file names alone."""
+    directory = pathlib.Path(directory).expanduser()
+    return action_repeat * sum(episode_length(f) for f in directory.glob("*.npz"))
+
+
+def count_episodes(directory):
+    directory = pathlib.Path(directory).expanduser()
+    return len(list(directory.glob("*.npz")))
+
+
+class EpisodeStore:
+    """The newest `capacity` agent steps of an episode folder, held in memory.
+
+    Files stay on disk; only the in-memory cache is bounded, oldest episodes evicted first.
+    """
+
+    def __init__(self, directory, capacity=None, seed=0):
+        self._directory = pathlib.Path(directory).expanduser()
+        self._capacity = capacity
+        self._random = np.random.RandomState(seed)
+        self._episodes = {}  # filename -> episode, insertion order is age order.
+        self._seen = set()
+        self._steps = 0
+
+    def __len__(self):
+        return len(self._episodes)
+
+    @property
+    def steps(self):
+        return self._steps
+
+    def update(self):
+        """Load episodes added to the folder since the last call, newest first, up to the capacity."""
+        new = sorted(set(self._directory.glob("*.npz")) - self._seen, reverse=True)
+        loaded = []
+        budget = self._capacity
+        for filename in new:
+            self._seen.add(filename)
+            if budget is not None and budget <= 0:
+                continue
+            try:
+                with filename.open("rb") as f:
+                    data = np.load(f)
+                    episode = {k: data[k] for k in data.keys()}
+            except Exception as e:
+                warnings.warn(f"Skipping unreadable episode {filename.name}: {e}")
+                continue
+            loaded.append((filename, episode))
+            if budget is not None:
+                budget -= episode_length(filename)
+        for filename, episode in reversed(loaded):
+            self._episodes[filename] = episode
+            self._steps += episode_length(filename)
+        while self._capacity and self._steps > self._capacity and len(self._episodes) > 1:
+            filename = next(iter(self._episodes))
+            del self._episodes[filename]
+            self._steps -= episode_length(filename)
+        return len(loaded)
+
+    def sample(self, length, balance=False):
+        """A chunk of `length` consecutive steps from a uniformly chosen episode."""
+        keys = [k for k in self._episodes if episode_length(k) + 1 >= length]
+        if not keys:
+            raise ValueError(f"No episode of at least {length} steps in {self._directory}.")
+        episode = self._episodes[keys[self._random.randint(len(keys))]]
+        total = len(episode["reward"])
+        available = total - length
+        if balance:  # Favour chunks that end at the episode's last step.
+            index = min(self._random.randint(0, total), available)
+        else:
+            index = self._random.randint(0, available + 1)
+        return {k: v[index : index + length] for k, v in episode.items()}
+
+    def batches(self, batch_size, length, balance=False):
+        while True:
+            self.update()
+            chunks = [self.sample(length, balance) for _ in range(batch_size)]
+            yield {k: np.stack([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def make_dataset(store, config):
+    store.update()
+    example = next(store.batches(config.batch_size, config.batch_length, config.dataset_balance))
+    signature = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in example.items()}
+    generator = lambda: store.batches(config.batch_size, config.batch_length, config.dataset_balance)
+    dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
+    dataset = dataset.map(lambda x: preprocess(x, config))
+    return dataset.prefetch(4)
+
+
+def preprocess(obs, config):
+    obs = obs.copy()
+    obs["image"] = tf.cast(obs["image"], tf.float32) / 255.0 - 0.5
+    if "reward" in obs:
+        clip = dict(none=lambda x: x, tanh=tf.tanh)[config.clip_rewards]
+        obs["reward"] = clip(tf.cast(obs["reward"], tf.float32))
+    for key in ("action", "discount"):
+        if key in obs:
+            obs[key] = tf.cast(obs[key], tf.float32)
+    return obs
+
+
+# Simulation.
+
+
+def simulate(agent, envs, steps=0, episodes=0, state=None):
+    """Step `envs` with `agent` until `steps` agent steps or `episodes` episodes; resumable via `state`."""
+    if state is None:
+        step, episode = 0, 0
+        done = np.ones(len(envs), bool)
+        length = np.zeros(len(envs), np.int32)
+        obs = [None] * len(envs)
+        agent_state = None
+    else:
+        step, episode, done, length, obs, agent_state = state
+    while (steps and step < steps) or (episodes and episode < episodes):
+        if done.any():
+            indices = [index for index, d in enumerate(done) if d]
+            promises = [envs[i].reset(blocking=False) for i in indices]
+            for index, promise in zip(indices, promises):
+                obs[index] = promise()
+        batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+        action, agent_state = agent(batch, done, agent_state)
+        action = np.asarray(action)
+        promises = [e.step(a, blocking=False) for e, a in zip(envs, action)]
+        obs, _, done = zip(*[p()[:3] for p in promises])
+        obs = list(obs)
+        done = np.stack(done)
+        episode += int(done.sum())
+        length += 1
+        step += len(envs)
+        length *= 1 - done
+    return (step - steps, episode - episodes, done, length, obs, agent_state)
+
+
+# Distributions.
+
+
+class TanhBijector(tfp.bijectors.Bijector):
+    def __init__(self, validate_args=False, name="tanh"):
+        super().__init__(forward_min_event_ndims=0, validate_args=validate_args, name=name)
+
+    def _forward(self, x):
+        return tf.nn.tanh(x)
+
+    def _inverse(self, y):
+        # Clip so that atanh stays finite for samples that saturated to +-1 in float32.
+        y = tf.where(tf.abs(y) <= 1.0, tf.clip_by_value(y, -0.99999997, 0.99999997), y)
+        return tf.atanh(y)
+
+    def _forward_log_det_jacobian(self, x):
+        log2 = tf.math.log(tf.constant(2.0, dtype=x.dtype))
+        return 2.0 * (log2 - x - tf.nn.softplus(-2.0 * x))
+
+
+class SampleDist:
+    """Mode and entropy of a distribution without closed forms, estimated from samples."""
+
+    def __init__(self, dist, samples=100):
+        self._dist = dist
+        self._samples = samples
+
+    def __getattr__(self, name):
+        return getattr(self._dist, name)
+
+    def mean(self):
+        return tf.reduce_mean(self._dist.sample(self._samples), 0)
+
+    def mode(self):
+        sample = self._dist.sample(self._samples)
+        logprob = self._dist.log_prob(sample)
+        # Pick, for every batch element, its own most likely sample.
+        index = tf.argmax(logprob, 0)
+        sample = tf.experimental.numpy.moveaxis(sample, 0, -2)
+        return tf.gather(sample, index, axis=-2, batch_dims=len(index.shape))
+
+    def entropy(self):
+        sample = self._dist.sample(self._samples)
+        return -tf.reduce_mean(self._dist.log_prob(sample), 0)
+
+
+class OneHotDist(tfd.OneHotCategorical):
+    """One-hot categorical whose samples pass straight-through gradients to the probabilities."""
+
+    def __init__(self, logits=None, probs=None, dtype=tf.float32, **kwargs):
+        super().__init__(logits=logits, probs=probs, dtype=dtype, **kwargs)
+
+    def mode(self):
+        return tf.one_hot(tf.argmax(self.logits_parameter(), -1), self.event_shape_tensor()[0], dtype=self.dtype)
+
+    def sample(self, sample_shape=(), seed=None, name="sample"):
+        sample = tf.stop_gradient(super().sample(sample_shape, seed, name))
+        probs = self.probs_parameter()
+        return sample + tf.cast(probs - tf.stop_gradient(probs), sample.dtype)
+
+
+def lambda_return(reward, value, pcont, bootstrap, lambda_, axis):
+    """TD(lambda) returns of the paper (eq. 6): V_lambda = r + gamma ((1 - lambda) v' + lambda V_lambda')."""
+    # lambda=1 gives the discounted Monte Carlo return, lambda=0 the one-step return.
+    assert reward.shape.ndims == value.shape.ndims, (reward.shape, value.shape)
+    if isinstance(pcont, (int, float)):
+        pcont = pcont * tf.ones_like(reward)
+    dims = list(range(reward.shape.ndims))
+    dims = [axis] + dims[1:axis] + [0] + dims[axis + 1 :]
+    if axis != 0:
+        reward = tf.transpose(reward, dims)
+        value = tf.transpose(value, dims)
+        pcont = tf.transpose(pcont, dims)
+    if bootstrap is None:
+        bootstrap = tf.zeros_like(value[-1])
+    next_values = tf.concat([value[1:], bootstrap[None]], 0)
+    inputs = reward + pcont * next_values * (1 - lambda_)
+    returns = tf.scan(
+        lambda agg, cur: cur[0] + cur[1] * lambda_ * agg,
+        (inputs, pcont),
+        bootstrap,
+        reverse=True,
+    )
+    if axis != 0:
+        returns = tf.transpose(returns, dims)
+    return returns
+
+
+# Optimization.
+
+
+class Optimizer:
+    """Adam with global-norm clipping, decoupled weight decay and, for float16, dynamic loss scaling."""
+
+    def __init__(self, name, variables, lr, eps=1e-4, clip=None, wd=0.0, wd_pattern=r".*", precision=32):
+        self._name = name
+        self._variables = variables
+        self._wd = wd
+        self._wd_pattern = wd_pattern
+        self.opt = keras.optimizers.Adam(lr, epsilon=eps, global_clipnorm=clip)
+        self._scaled = precision == 16
+        if self._scaled:
+            self.opt = keras.optimizers.LossScaleOptimizer(self.opt)
+        self.opt.build(variables)
+
+    @property
+    def variables(self):
+        return self._variables
+
+    def __call__(self, tape, loss):
+        with tape:
+            scaled = self.opt.scale_loss(loss) if self._scaled else loss
+        grads = tape.gradient(scaled, self._variables)
+        norm = tf.linalg.global_norm(grads)
+        if self._scaled:
+            norm /= tf.cast(self.opt.dynamic_scale, norm.dtype)
+        if self._wd:
+            self._apply_weight_decay()
+        self.opt.apply(grads, self._variables)
+        return {f"{self._name}_grad_norm": norm}
+
+    def _apply_weight_decay(self):
+        for var in self._variables:
+            if re.search(self._wd_pattern, f"{self._name}/{var.path}"):
+                var.assign((1 - self._wd) * var)
+
+
+# Summaries.
+
+
+def encode_gif(frames, fps=20):
+    """uint8 frames [T, H, W, C] to GIF bytes, with imageio (no ffmpeg binary)."""
+    if frames.shape[-1] == 1:
+        frames = frames[..., 0]
+    return iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+
+
+def video_summary(name, video, step, max_frames=200, fps=20):
+    """Batch of videos [B, T, H, W, C] in [0, 1] or uint8 as one GIF, tiled along the width."""
+    video = np.asarray(video)
+    if np.issubdtype(video.dtype, np.floating):
+        video = np.clip(255 * video, 0, 255).astype(np.uint8)
+    B, T, H, W, C = video.shape
+    if T > max_frames:  # Subsample long episodes rather than dropping them.
+        video = video[:, :: int(np.ceil(T / max_frames))]
+        T = video.shape[1]
+    frames = video.transpose((1, 2, 0, 3, 4)).reshape((T, H, B * W, C))
+    summary = tf.compat.v1.Summary()
+    image = tf.compat.v1.Summary.Image(height=H, width=B * W, colorspace=C)
+    image.encoded_image_string = encode_gif(frames, fps)
+    summary.value.add(tag=name, image=image)
+    tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step)
+
+
+class Logger:
+    """metrics.jsonl lines, TensorBoard scalars (agent/..., sim/...) and GIFs, flushed at every write."""
+
+    SIM = ("episodes", "fps", "steps")
+
+    def __init__(self, logdir, step=0):
+        self._logdir = pathlib.Path(logdir)
+        self._writer = tf.summary.create_file_writer(str(logdir), max_queue=1000, flush_millis=20000)
+        self._scalars = {}
+        self._videos = {}
+        self._last_step = step
+        self._last_time = time.time()
+
+    def scalar(self, name, value):
+        self._scalars.setdefault(name, []).append(float(value))
+
+    def video(self, name, value):
+        self._videos[name] = np.asarray(value)
+
+    def write(self, step, fps=False):
+        """Average the scalars added since the last write."""
+        scalars = {k: float(np.mean(v)) for k, v in self._scalars.items()}
+        if fps:
+            duration = time.time() - self._last_time
+            scalars["fps"] = (step - self._last_step) / duration if duration else 0.0
+            self._last_step, self._last_time = step, time.time()
+        self.log(step, scalars, self._videos)
+        self._scalars, self._videos = {}, {}
+
+    def log(self, step, scalars, videos=None):
+        """Write these values now, as their own line."""
+        if scalars:
+            with (self._logdir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+            print(f"[{step}] " + " / ".join(f"{k} {v:.4g}" for k, v in scalars.items()), flush=True)
+        with self._writer.as_default():
+            for name, value in scalars.items():
+                sim = "/" in name or name in self.SIM
+                tf.summary.scalar(f"sim/{name}" if sim else f"agent/{name}", value, step)
+            for name, value in (videos or {}).items():
+                video_summary(name, value, step)
+        self._writer.flush()
+
+    def close(self):
+        self._writer.flush()
+        self._writer.close()

@@ -1,0 +1,618 @@
+import atexit
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+import types
+
+import numpy as np
+from gymnasium import spaces
+
+# The 20 continuous control tasks of the paper.
+DMC_TASKS = [
+    "acrobot_swingup",
+    "cartpole_balance",
+    "cartpole_balance_sparse",
+    "cartpole_swingup",
+    "cartpole_swingup_sparse",
+    "cheetah_run",
+    "cup_catch",
+    "finger_spin",
+    "finger_turn_easy",
+    "finger_turn_hard",
+    "hopper_hop",
+    "hopper_stand",
+    "pendulum_swingup",
+    "quadruped_run",
+    "quadruped_walk",
+    "reacher_easy",
+    "reacher_hard",
+    "walker_run",
+    "walker_stand",
+    "walker_walk",
+]
+
+
+def make_env(
+    task,
+    action_repeat=2,
+    time_limit=1000,
+    size=(64, 64),
+    seed=None,
+    grayscale=False,
+    life_done=False,
+    render_every=False,
+):
+    suite, _, name = task.partition("_")
+    if suite == "dmc" and name:
+        dmc_task(name)  # Raises ValueError before the TensorFlow guard does.
+        env = DeepMindControl(name, size, seed=seed)
+        env = ActionRepeat(env, action_repeat, render_every)
+        env = NormalizeActions(env)
+    elif suite == "atari" and name:
+        env = Atari(
+            name, action_repeat, size, grayscale, life_done=life_done, seed=seed
+        )
+        env = OneHotAction(env)
+    else:
+        raise ValueError(
+            f"Unknown task '{task}': expected 'dmc_<domain>_<task>' (e.g. dmc_walker_walk) "
+            "or 'atari_<game>' (e.g. atari_pong); valid prefixes are dmc_ and atari_."
+        )
+    return TimeLimit(env, time_limit / action_repeat)
+
+
+def _dmc_suite():
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    backend = os.environ["MUJOCO_GL"]
+    if _tensorflow_loaded() and "dm_control.suite" not in sys.modules:
+        # Only look up tasks here: loading Mesa's EGL beside TensorFlow aborts the process at exit.
+        os.environ["MUJOCO_GL"] = "disable"
+    try:
+        from dm_control import suite
+    except Exception as e:
+        raise RuntimeError(_gl_message(e)) from None
+    finally:
+        os.environ["MUJOCO_GL"] = backend
+    return suite
+
+
+def _tensorflow_loaded():
+    return "tensorflow" in sys.modules and os.environ.get("DREAMER_ALLOW_TF_RENDER") != "1"
+
+
+def _gl_message(error):
+    return (
+        f"Could not set up MuJoCo rendering with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
+        f"({type(error).__name__}: {error}). For headless EGL install Mesa "
+        "(apt-get install libegl1 libgl1-mesa-dri), or use software rendering "
+        "with MUJOCO_GL=osmesa (apt-get install libosmesa6)."
+    )
+
+
+def dmc_task(name):
+    suite = _dmc_suite()
+    for domain, task in suite.ALL_TASKS:
+        alias = "cup" if domain == "ball_in_cup" else domain
+        if name in (f"{domain}_{task}", f"{alias}_{task}"):
+            return domain, task
+    valid = ", ".join(f"{d}_{t}" for d, t in suite.ALL_TASKS)
+    raise ValueError(
+        f"Unknown DMC task '{name}': this domain/task is not in dm_control's suite. "
+        f"Valid tasks (prefix them with dmc_): {valid}."
+    )
+
+
+class DeepMindControl:
+    def __init__(self, name, size=(64, 64), camera=None, seed=None):
+        if _tensorflow_loaded():
+            raise RuntimeError(
+                "Refusing to render MuJoCo in a process that imported TensorFlow: with "
+                "Mesa's EGL this segfaults (TensorFlow's LLVM clashes with Mesa's). Run "
+                "environments in worker processes (Async(ctor, 'process'), i.e. "
+                "--parallel process, the default), or set DREAMER_ALLOW_TF_RENDER=1 if "
+                "your GL driver is not Mesa (e.g. NVIDIA EGL)."
+            )
+        domain, task = dmc_task(name)
+        self._env = _dmc_suite().load(domain, task, task_kwargs={"random": seed})
+        self._size = tuple(size)
+        self._camera = (2 if domain == "quadruped" else 0) if camera is None else camera
+        self._obs = None
+        try:
+            self.render()
+        except Exception as e:
+            raise RuntimeError(_gl_message(e)) from None
+
+    @property
+    def obs_space(self):
+        obs_space = {
+            key: spaces.Box(-np.inf, np.inf, spec.shape or (1,), spec.dtype)
+            for key, spec in self._env.observation_spec().items()
+        }
+        obs_space["image"] = spaces.Box(0, 255, self._size + (3,), np.uint8)
+        return obs_space
+
+    @property
+    def action_space(self):
+        spec = self._env.action_spec()
+        low, high = spec.minimum.astype(np.float32), spec.maximum.astype(np.float32)
+        return spaces.Box(low, high, dtype=np.float32)
+
+    def step(self, action, render=True):
+        time_step = self._env.step(action)
+        self._store(time_step)
+        obs = self.observe() if render else dict(self._obs)
+        reward = float(time_step.reward or 0.0)
+        info = {"discount": np.array(time_step.discount, np.float32)}
+        return obs, reward, time_step.last(), info
+
+    def reset(self):
+        self._store(self._env.reset())
+        return self.observe()
+
+    def observe(self):
+        return {**self._obs, "image": self.render()}
+
+    def render(self):
+        return self._env.physics.render(*self._size, camera_id=self._camera)
+
+    def close(self):
+        self._env.close()
+
+    def _store(self, time_step):
+        # 0-d entries become (1,) so that they batch like the others.
+        self._obs = {
+            k: np.asarray(v).reshape(np.shape(v) or (1,))
+            for k, v in time_step.observation.items()
+        }
+
+
+class Atari:
+    LOCK = threading.Lock()
+
+    def __init__(
+        self,
+        name,
+        action_repeat=4,
+        size=(64, 64),
+        grayscale=False,
+        noops=30,
+        life_done=False,
+        sticky_actions=True,
+        seed=None,
+    ):
+        try:
+            import ale_py
+            import gymnasium
+        except ImportError as e:
+            raise RuntimeError(
+                f"Atari needs `pip install gymnasium ale-py` (see requirements.txt): {e}"
+            ) from None
+        gymnasium.register_envs(ale_py)
+        game = "".join(word.title() for word in name.split("_"))
+        if f"ALE/{game}-v5" not in gymnasium.registry:
+            raise ValueError(
+                f"Unknown Atari game '{name}' (no ALE/{game}-v5 in ale-py)."
+            )
+        with self.LOCK:
+            self._env = gymnasium.make(
+                f"ALE/{game}-v5",
+                frameskip=1,
+                repeat_action_probability=0.25 if sticky_actions else 0.0,
+                full_action_space=False,
+            )
+        self._ale = self._env.unwrapped.ale
+        self._repeat, self._size, self._grayscale = (
+            action_repeat,
+            tuple(size),
+            grayscale,
+        )
+        self._noops, self._life_done, self._seed = noops, life_done, seed
+        self._random = np.random.RandomState(seed)
+        self._lives = None
+
+    @property
+    def obs_space(self):
+        shape = self._size + (1 if self._grayscale else 3,)
+        return {"image": spaces.Box(0, 255, shape, np.uint8)}
+
+    @property
+    def action_space(self):
+        return self._env.action_space
+
+    def reset(self):
+        with self.LOCK:
+            frame, _ = self._env.reset(seed=self._seed)
+        self._seed = None  # Seed the first reset only; later ones continue the RNG.
+        for _ in range(self._random.randint(1, self._noops + 1)):
+            frame, _, terminated, truncated, _ = self._env.step(0)
+            if terminated or truncated:
+                with self.LOCK:
+                    frame, _ = self._env.reset()
+        self._lives = self._ale.lives()
+        return {"image": self._process(frame, frame)}
+
+    def step(self, action):
+        total, frames, terminal = 0.0, [], False
+        for _ in range(self._repeat):
+            frame, reward, terminated, truncated, _ = self._env.step(action)
+            total += reward
+            frames = frames[-1:] + [frame]
+            if self._life_done:
+                lives = self._ale.lives()
+                terminated = terminated or lives < self._lives
+                self._lives = lives
+            terminal = terminated
+            if terminated or truncated:
+                break
+        obs = {"image": self._process(frames[0], frames[-1])}
+        info = {"discount": np.array(0.0 if terminal else 1.0, np.float32)}
+        return obs, total, terminal or truncated, info
+
+    def close(self):
+        self._env.close()
+
+    def _process(self, previous, current):
+        from PIL import Image
+
+        image = Image.fromarray(np.maximum(previous, current))
+        if self._grayscale:
+            image = image.convert("L")
+        image = image.resize(self._size[::-1], Image.Resampling.BILINEAR)
+        image = np.asarray(image, np.uint8)
+        return image[..., None] if self._grayscale else image
+
+
+class Wrapper:
+    def __init__(self, env):
+        self._env = env
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # Keeps pickle and copy from recursing.
+            raise AttributeError(name)
+        return getattr(self._env, name)
+
+
+class ActionRepeat(Wrapper):
+    def __init__(self, env, amount, render_every=False):
+        super().__init__(env)
+        self._amount = amount
+        # Only the last frame reaches the agent, so skip rendering the others.
+        self._lazy = not render_every and hasattr(env, "observe")
+
+    def step(self, action):
+        done, total, current = False, 0.0, 0
+        while current < self._amount and not done:
+            if self._lazy:
+                obs, reward, done, info = self._env.step(action, render=False)
+            else:
+                obs, reward, done, info = self._env.step(action)
+            total += reward
+            current += 1
+        if self._lazy:
+            obs = self._env.observe()
+        return obs, total, done, info
+
+
+class NormalizeActions(Wrapper):
+    def __init__(self, env):
+        super().__init__(env)
+        space = env.action_space
+        self._mask = np.isfinite(space.low) & np.isfinite(space.high)
+        self._low = np.where(self._mask, space.low, -1)
+        self._high = np.where(self._mask, space.high, 1)
+
+    @property
+    def action_space(self):
+        space = self._env.action_space
+        low = np.where(self._mask, -1, space.low).astype(np.float32)
+        high = np.where(self._mask, 1, space.high).astype(np.float32)
+        return spaces.Box(low, high, dtype=np.float32)
+
+    def step(self, action):
+        original = (action + 1) / 2 * (self._high - self._low) + self._low
+        return self._env.step(np.where(self._mask, original, action))
+
+
+class TimeLimit(Wrapper):
+    def __init__(self, env, duration):
+        super().__init__(env)
+        self._duration, self._step = duration, None
+
+    def step(self, action):
+        assert self._step is not None, "Must reset environment."
+        obs, reward, done, info = self._env.step(action)
+        self._step += 1
+        if self._step >= self._duration:
+            done = True
+            info.setdefault("discount", np.array(1.0, np.float32))
+            self._step = None
+        return obs, reward, done, info
+
+    def reset(self):
+        self._step = 0
+        return self._env.reset()
+
+
+class RewardObs(Wrapper):
+    @property
+    def obs_space(self):
+        reward = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        return {**self._env.obs_space, "reward": reward}
+
+    def step(self, action):
+        obs, reward, done, info = self._env.step(action)
+        return {**obs, "reward": np.array([reward], np.float32)}, reward, done, info
+
+    def reset(self):
+        return {**self._env.reset(), "reward": np.zeros(1, np.float32)}
+
+
+class OneHotBox(spaces.Box):
+    def __init__(self, n, seed=None):
+        super().__init__(0, 1, (n,), np.float32, seed)
+
+    def sample(self, mask=None, probability=None):
+        action = np.zeros(self.shape, np.float32)
+        action[self.np_random.integers(self.shape[0])] = 1
+        return action
+
+    def contains(self, x):
+        x = np.asarray(x)
+        return x.shape == self.shape and np.isin(x, (0, 1)).all() and x.sum() == 1
+
+
+class OneHotAction(Wrapper):
+    def __init__(self, env):
+        super().__init__(env)
+        self._space = OneHotBox(env.action_space.n)
+
+    @property
+    def action_space(self):
+        return self._space
+
+    def step(self, action):
+        if not self._space.contains(action):
+            raise ValueError(
+                f"OneHotAction expects a one-hot vector of length {self._space.shape[0]}, "
+                f"got {action!r}. For discrete actions the actor must use action_dist onehot."
+            )
+        return self._env.step(int(np.argmax(action)))
+
+
+class ObsDict(Wrapper):
+    def __init__(self, env, key="obs"):
+        super().__init__(env)
+        self._key = key
+
+    @property
+    def obs_space(self):
+        space = getattr(self._env, "obs_space", None) or self._env.observation_space
+        return {self._key: space}
+
+    def step(self, action):
+        obs, reward, done, info = self._env.step(action)
+        return {self._key: np.asarray(obs)}, reward, done, info
+
+    def reset(self):
+        return {self._key: np.asarray(self._env.reset())}
+
+
+class Collect(Wrapper):
+    def __init__(self, env, callbacks=(), precision=32):
+        super().__init__(env)
+        self._callbacks, self._precision, self._episode = callbacks, precision, None
+
+    def step(self, action, blocking=True):
+        assert self._episode is not None, "Must reset environment."
+        promise = self._call("step", action)
+
+        def receive():
+            obs, reward, done, info = promise()
+            obs = {k: self._convert(v) for k, v in obs.items()}
+            discount = info.get("discount", np.array(1 - float(done)))
+            transition = {
+                **obs,
+                "action": action,
+                "reward": reward,
+                "discount": discount,
+            }
+            self._episode.append(transition)
+            if done:
+                episode = {k: [t[k] for t in self._episode] for k in self._episode[0]}
+                episode = {k: self._convert(v) for k, v in episode.items()}
+                self._episode = None
+                info["episode"] = episode
+                for callback in self._callbacks:
+                    callback(episode)
+            return obs, reward, done, info
+
+        return receive() if blocking else receive
+
+    def reset(self, blocking=True):
+        promise = self._call("reset")
+
+        def receive():
+            obs = {k: self._convert(v) for k, v in promise().items()}
+            space = self._env.action_space
+            action = np.zeros(space.shape, space.dtype)
+            self._episode = [{**obs, "action": action, "reward": 0.0, "discount": 1.0}]
+            return obs
+
+        return receive() if blocking else receive
+
+    def _call(self, name, *args):
+        if isinstance(self._env, Async):
+            return getattr(self._env, name)(*args, blocking=False)
+        result = getattr(self._env, name)(*args)
+        return lambda: result
+
+    def _convert(self, value):
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating):
+            return value.astype(np.float16 if self._precision == 16 else np.float32)
+        if np.issubdtype(value.dtype, np.signedinteger):
+            return value.astype(np.int32)
+        return value  # uint8, bool and others keep their dtype.
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+_ACCESS, _CALL, _RESULT, _EXCEPTION, _CLOSE = range(5)
+
+
+class Async:
+    def __init__(self, ctor, strategy="process"):
+        if strategy not in ("none", "thread", "process"):
+            raise ValueError(
+                f"Unknown strategy '{strategy}': valid ones are 'none', 'thread', 'process'."
+            )
+        self._strategy, self._cache, self._closed = strategy, {}, False
+        if strategy == "none":
+            self._env = ctor()
+            return
+        if strategy == "thread":
+            self._conn, conn = multiprocessing.Pipe()
+            self._worker = threading.Thread(
+                target=_worker, args=(conn, ctor), daemon=True
+            )
+            self._worker.start()
+        else:
+            context = multiprocessing.get_context("spawn")
+            self._conn, conn = context.Pipe()
+            self._worker = context.Process(
+                target=_worker, args=(conn, ctor), daemon=True
+            )
+            _start_without_main(self._worker, ctor)
+            conn.close()  # So that a dead worker shows up as EOF.
+        atexit.register(self.close)
+
+    @property
+    def obs_space(self):
+        return self.access("obs_space")
+
+    @property
+    def action_space(self):
+        return self.access("action_space")
+
+    def access(self, name):
+        if name not in self._cache:
+            if self._strategy == "none":
+                self._cache[name] = getattr(self._env, name)
+            else:
+                self._cache[name] = self._request(_ACCESS, name)()
+        return self._cache[name]
+
+    def call(self, name, *args, blocking=True, **kwargs):
+        if self._strategy == "none":
+            result = getattr(self._env, name)(*args, **kwargs)
+            return result if blocking else (lambda: result)
+        promise = self._request(_CALL, (name, args, kwargs))
+        return promise() if blocking else promise
+
+    def step(self, action, blocking=True):
+        return self.call("step", action, blocking=blocking)
+
+    def reset(self, blocking=True):
+        return self.call("reset", blocking=blocking)
+
+    def close(self, timeout=5):
+        if self._closed:
+            return
+        self._closed = True
+        if self._strategy == "none":
+            getattr(self._env, "close", lambda: None)()
+            return
+        try:
+            self._conn.send((_CLOSE, None))
+        except OSError:
+            pass
+        self._worker.join(timeout)
+        if self._strategy == "process" and self._worker.is_alive():
+            self._worker.terminate()
+            self._worker.join(1)
+            if self._worker.is_alive():
+                self._worker.kill()
+                self._worker.join(1)
+        self._conn.close()
+
+    def _request(self, message, payload):
+        if self._closed:
+            raise WorkerError("The environment worker is closed.")
+        try:
+            self._conn.send((message, payload))
+        except OSError:
+            pass  # The worker is gone; receive() reports why.
+        return self._receive
+
+    def _receive(self):
+        try:
+            message, payload = self._conn.recv()
+        except (EOFError, OSError):
+            raise WorkerError(self._death_message()) from None
+        if message == _EXCEPTION:
+            raise WorkerError(f"Error in the environment worker:\n{payload}")
+        return payload
+
+    def _death_message(self):
+        self._worker.join(1)
+        code = getattr(self._worker, "exitcode", None)
+        message = f"The environment worker died (exit code {code})."
+        if code is not None and code < 0:
+            message += f" It was killed by {signal.Signals(-code).name}."
+        if code == -signal.SIGSEGV:
+            message += " If it was rendering, check it did not import TensorFlow."
+        return message
+
+
+def _start_without_main(process, ctor):
+    # A spawned child re-imports the main script (e.g. dreamer.py and with it
+    # TensorFlow, which breaks rendering); skip that unless the ctor lives there.
+    if b"__main__" in pickle.dumps(ctor):
+        return process.start()
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        process.start()
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _worker(conn, ctor):
+    env, error = None, None
+    try:
+        env = ctor()
+    except Exception:
+        error = traceback.format_exc()
+    try:
+        while True:
+            try:
+                message, payload = conn.recv()
+            except (EOFError, KeyboardInterrupt):
+                break
+            if message == _CLOSE:
+                break
+            if error:  # The ctor failed: answer every request with its traceback.
+                conn.send((_EXCEPTION, error))
+                continue
+            try:
+                if message == _ACCESS:
+                    result = getattr(env, payload)
+                else:
+                    name, args, kwargs = payload
+                    result = getattr(env, name)(*args, **kwargs)
+                conn.send((_RESULT, result))
+            except Exception:
+                conn.send((_EXCEPTION, traceback.format_exc()))
+    finally:
+        if env is not None and hasattr(env, "close"):
+            try:
+                env.close()
+            except Exception:
+                pass
+        conn.close()
