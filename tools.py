@@ -372,7 +372,7 @@ class Logger:
         """Write these values now, as their own line."""
         if scalars:
             with (self._logdir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+                f.write(json.dumps({"step": int(step), "time": round(time.time(), 1), **scalars}) + "\n")
             print(f"[{step}] " + " / ".join(f"{k} {v:.4g}" for k, v in scalars.items()), flush=True)
         with self._writer.as_default():
             for name, value in scalars.items():

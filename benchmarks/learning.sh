@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The CPU learning check: Dreamer on dmc_cartpole_balance with half-width networks and 16-sequence
+# batches (the paper's algorithm and defaults otherwise), stopped cleanly after a wall-time budget.
+#
+#   benchmarks/learning.sh [seed=0] [minutes=95] [extra dreamer.py flags...]
+#
+# The run goes to ./logdir/dmc_cartpole_balance/dreamer-<precision>/<seed> (or $LOGDIR). At the budget
+# it gets SIGTERM, writes a checkpoint and exits; running the same command again resumes it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seed="${1:-0}"
+minutes="${2:-95}"
+shift $(($# < 2 ? $# : 2))
+precision=32
+for ((i = 1; i <= $#; i++)); do
+  if [[ "${!i}" == --precision ]]; then j=$((i + 1)); precision="${!j}"; fi
+done
+logdir="${LOGDIR:-./logdir/dmc_cartpole_balance/dreamer-${precision}/${seed}}"
+echo "Learning check: seed ${seed}, ${minutes} minutes, logdir ${logdir}."
+status=0
+timeout --signal=TERM --kill-after=300 "${minutes}m" \
+  python dreamer.py --logdir "${logdir}" --task dmc_cartpole_balance --seed "${seed}" --steps 1e6 \
+  --cnn_depth 16 --num_units 200 --deter_size 100 --batch_size 16 --batch_length 50 \
+  --train_every 1000 --train_steps 100 --pretrain 100 --prefill 5000 \
+  --eval_every 5000 --log_every 5000 --log_images False --precision 32 "$@" || status=$?
+# 124: the budget ran out and the run stopped cleanly (checkpoint written).
+if [[ ${status} -ne 0 && ${status} -ne 124 ]]; then exit "${status}"; fi
+python - "${logdir}" <<'PY'
+import json, pathlib, sys
+lines = pathlib.Path(sys.argv[1], "metrics.jsonl").read_text().splitlines()
+rows = []
+for line in lines:
+    try:
+        rows.append(json.loads(line))
+    except json.JSONDecodeError:
+        pass
+tests = [r for r in rows if "test/return" in r]
+start = rows[0]["time"] if rows else 0
+print("env steps | test return | wall minutes")
+for r in tests:
+    print(f"{r['step']:>9} | {r['test/return']:>11.1f} | {(r['time'] - start) / 60:>12.1f}")
+late = [r["test/return"] for r in tests if 50000 <= r["step"] <= 100000]
+if late:
+    print(f"Mean test return from 50k to 100k env steps: {sum(late) / len(late):.1f} over {len(late)} evaluations.")
+if tests:
+    last = [r["test/return"] for r in tests[-5:]]
+    print(f"Env steps reached: {max(r['step'] for r in rows)}; mean of the last 5 evaluations: {sum(last) / len(last):.1f}.")
+PY
