@@ -586,7 +586,7 @@ def _start_without_main(process, ctor):
 def _worker(conn, ctor):
     # The main process decides when workers stop (close()); a Ctrl-C or a polite kill sent to the
     # whole process group must not kill them while it writes its checkpoint.
-    if multiprocessing.parent_process() is not None:
+    if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     env, error = None, None
