@@ -86,7 +86,24 @@ def define_config():
     c["expl_amount"] = 0.3
     c["expl_decay"] = 0.0
     c["expl_min"] = 0.0
+    # Evaluation only.
+    c["eval_only"] = False
+    c["eval_episodes"] = 10
     return c
+
+
+# Flags that shape the networks or their inputs: a checkpoint only fits a run with the same values.
+ARCHITECTURE = (
+    "task",
+    "deter_size",
+    "stoch_size",
+    "num_units",
+    "dense_act",
+    "cnn_act",
+    "cnn_depth",
+    "pcont",
+    "action_dist",
+)
 
 
 CHOICES = dict(
@@ -110,6 +127,8 @@ HELP = dict(
     "2e6 at action repeat 2 is about 12 GiB of 64x64 frames",
     steps="env steps (frames, action repeat included) to train for",
     task="dmc_<domain>_<task> (DeepMind Control) or atari_<game> (Atari)",
+    eval_only="only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
+    eval_episodes="test episodes of an --eval_only run",
 )
 
 
@@ -134,8 +153,6 @@ def parse_int(value):
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--logdir", type=pathlib.Path, required=True, help=HELP["logdir"])
-    parser.add_argument("--eval_only", type=parse_bool, default=False, help="evaluate the latest checkpoint only")
-    parser.add_argument("--eval_episodes", type=parse_int, default=10, help="test episodes of --eval_only")
     for key, value in define_config().items():
         if key == "logdir":
             continue
@@ -166,8 +183,8 @@ def parse_config(argv=None):
             parser.error(f"argument --{key}: must be positive, got {config[key]}")
     if config.batch_length < 2 or (config.log_images and config.batch_length <= 5):
         parser.error("argument --batch_length: must be at least 2 (and above 5 with --log_images True)")
-    if config.eval_only and not (config.logdir / "checkpoints").exists():
-        parser.error(f"--eval_only: no checkpoint in {config.logdir}/checkpoints; train a run there first")
+    if config.eval_only and not (config.logdir / "checkpoints" / "checkpoint").exists():
+        parser.error(f"argument --eval_only: no checkpoint in {config.logdir}/checkpoints; train a run there first")
     if suite == "atari":
         # Discrete actions: an actor without one-hot outputs would send invalid actions to the game.
         if config.action_dist != "onehot":
@@ -176,7 +193,26 @@ def parse_config(argv=None):
         if config.expl == "additive_gaussian":
             print("Atari has discrete actions: using --expl epsilon_greedy instead of additive_gaussian.")
             config.expl = "epsilon_greedy"
+    mismatch = config_mismatch(config)
+    if mismatch:
+        parser.error(
+            f"argument --logdir: {config.logdir} holds a run trained with {mismatch}; pass the same values to "
+            "resume or evaluate it, or use a new --logdir"
+        )
     return config
+
+
+def config_mismatch(config):
+    """Architecture flags that differ from those of the run already in config.logdir, as text."""
+    path = config.logdir.expanduser() / "config.json"
+    if not path.exists():
+        return ""
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return ""
+    differ = [k for k in ARCHITECTURE if k in saved and saved[k] != str(config[k])]
+    return ", ".join(f"--{k} {saved[k]} (not {config[k]})" for k in differ)
 
 
 class Dreamer:
@@ -185,13 +221,17 @@ class Dreamer:
     def __init__(self, config, logger, dataset, image_shape, act_dim, step):
         self._c = c = config
         self._logger = logger
-        self._dataset = iter(dataset)
+        self._dataset = dataset and iter(dataset)
         self._act_dim = act_dim
         self.step = step
         self.world_model = models.WorldModel(c, image_shape, act_dim)
         feat_size = c.stoch_size + c.deter_size
         self.behavior = models.ActorCritic(c, feat_size, act_dim)
-        for name, module in (("model", self.world_model), ("actor", self.behavior.actor), ("value", self.behavior.value)):
+        for name, module in (
+            ("model", self.world_model),
+            ("actor", self.behavior.actor),
+            ("value", self.behavior.value),
+        ):
             modules = module.modules if name == "model" else [module]
             print(f"Found {sum(models.count_params(m) for m in modules)} {name} parameters.")
         self.next_train = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -205,11 +245,20 @@ class Dreamer:
         scalar = lambda dtype: tf.TensorSpec([], dtype)
         self.policy = tf.function(
             self._policy,
-            input_signature=[image_spec, tf.TensorSpec([None], tf.bool), state_spec, scalar(tf.bool), scalar(tf.float32)],
+            input_signature=[
+                image_spec,
+                tf.TensorSpec([None], tf.bool),
+                state_spec,
+                scalar(tf.bool),
+                scalar(tf.float32),
+            ],
         )
-        data_spec = dataset.element_spec
-        self.train = tf.function(self._train, input_signature=[data_spec], jit_compile=c.jit)
-        self._openl = tf.function(self.world_model.openl, input_signature=[data_spec])
+        if dataset is not None:
+            data_spec = dataset.element_spec
+            self.train = tf.function(self._train, input_signature=[data_spec], jit_compile=c.jit)
+            self._openl = tf.function(self.world_model.openl, input_signature=[data_spec])
+        else:  # Evaluation only.
+            self._openl = tf.function(self.world_model.openl)
         wm, ac = self.world_model, self.behavior
         self._checkpoint = tf.train.Checkpoint(
             encoder=wm.encoder,
@@ -297,19 +346,28 @@ class Dreamer:
         print(f"Saved checkpoint {path}.", flush=True)
 
     def load(self):
-        """Restore the latest checkpoint, if any; returns whether one was found."""
-        path = self._manager.latest_checkpoint
+        """Restore the latest checkpoint, if any (read-only); returns its env step or None."""
+        path = tf.train.latest_checkpoint(self._c.logdir / "checkpoints")
         if not path:
-            return False
+            return None
         try:
             self._checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
-            sys.exit(
+            print(
                 f"error: checkpoint {path} does not fit this run ({str(e).splitlines()[0][:300]}). Use the flags it "
-                f"was trained with (see {self._c.logdir / 'config.json'}), or a new --logdir."
+                f"was trained with (see {self._c.logdir / 'config.json'}), or a new --logdir.",
+                file=sys.stderr,
             )
+            sys.exit(2)
         print(f"Loaded checkpoint {path}.", flush=True)
-        return True
+        return int(path.rsplit("-", 1)[-1])
+
+    def openl(self, episodes):
+        """Open-loop predictions for up to 6 episodes: truth, model and error rows, as uint8 video."""
+        length = min([self._c.batch_length] + [len(e["reward"]) for e in episodes[:6]])
+        data = {k: np.stack([e[k][:length] for e in episodes[:6]]) for k in ("image", "action", "reward")}
+        video = self._openl(tools.preprocess(data, self._c)).numpy()
+        return (255 * video).astype(np.uint8)
 
 
 def process_episode(config, logger, mode, datadir, episode):
@@ -324,7 +382,7 @@ def process_episode(config, logger, mode, datadir, episode):
     logger.log(step, scalars, videos)
 
 
-def make_envs(config, logger, datadir, mode):
+def make_envs(config, logger, datadir, mode, callbacks=None):
     envs = []
     for index in range(config.envs):
         seed = config.seed + index + (10000 if mode == "test" else 0)
@@ -337,9 +395,10 @@ def make_envs(config, logger, datadir, mode):
             life_done=(mode == "train"),
         )
         env = wrappers.Async(ctor, config.parallel)
-        callback = functools.partial(process_episode, config, logger, mode, datadir)
+        if callbacks is None:
+            callbacks = [functools.partial(process_episode, config, logger, mode, datadir)]
         precision = 16 if config.precision == "16" else 32
-        envs.append(wrappers.Collect(env, [callback], precision))
+        envs.append(wrappers.Collect(env, callbacks, precision))
     return envs
 
 
@@ -369,26 +428,19 @@ def setup(config):
     keras.utils.set_random_seed(config.seed)
 
 
-def main(config):
-    setup(config)
-    logdir = config.logdir = config.logdir.expanduser()
-    datadir = logdir / "episodes"
+def train(config):
+    logdir, datadir = config.logdir, config.logdir / "episodes"
     step = tools.count_steps(datadir, config.action_repeat)
     logdir.mkdir(parents=True, exist_ok=True)
-    saved = {k: str(v) for k, v in config.items()}
-    if not config.eval_only:
-        (logdir / "config.json").write_text(json.dumps(saved, indent=2))
+    (logdir / "config.json").write_text(json.dumps({k: str(v) for k, v in config.items()}, indent=2))
     logger = tools.Logger(logdir, step)
-    # A polite kill (timeout, cluster preemption) stops like Ctrl-C: checkpoint written, run resumable.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     train_envs = make_envs(config, logger, datadir, "train")
     test_envs = make_envs(config, logger, datadir, "test")
-    envs = train_envs + test_envs
     try:
         action_space = train_envs[0].action_space
         image_shape = train_envs[0].obs_space["image"].shape
         prefill = max(0, config.prefill - step)
-        if prefill and not config.eval_only:
+        if prefill:
             print(f"Prefill dataset with {prefill} steps.", flush=True)
             agent = random_agent(action_space, config.seed)
             tools.simulate(agent, train_envs, steps=prefill // config.action_repeat)
@@ -411,9 +463,49 @@ def main(config):
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
     finally:
-        for env in envs:
+        for env in train_envs + test_envs:
             env.close()
         logger.close()
+
+
+def evaluate(config):
+    """Test episodes of the latest checkpoint; writes only eval.jsonl and eval/, never the training state."""
+    episodes = []
+    envs = make_envs(config, None, None, "test", callbacks=[episodes.append])
+    try:
+        action_space = envs[0].action_space
+        image_shape = envs[0].obs_space["image"].shape
+        agent = Dreamer(config, None, None, image_shape, action_space.shape[0], 0)
+        step = agent.load()
+        tools.simulate(functools.partial(agent, training=False), envs, episodes=config.eval_episodes)
+    finally:
+        for env in envs:
+            env.close()
+    episodes = episodes[: config.eval_episodes]
+    outdir = config.logdir / "eval"
+    outdir.mkdir(exist_ok=True)
+    returns = []
+    with (config.logdir / "eval.jsonl").open("a") as f:
+        for index, episode in enumerate(episodes):
+            ret = float(episode["reward"].astype(np.float64).sum())
+            length = (len(episode["reward"]) - 1) * config.action_repeat
+            returns.append(ret)
+            f.write(json.dumps({"step": step, "episode": index, "return": ret, "length": length}) + "\n")
+            tools.write_video(outdir / f"{step}-{index}.mp4", episode["image"])
+    tools.write_strip(outdir / f"{step}-openl.png", agent.openl(episodes))
+    print(
+        f"Evaluated checkpoint of step {step} over {len(returns)} episodes: return {np.mean(returns):.1f} "
+        f"± {np.std(returns):.1f} (mean ± std). Videos and open-loop predictions in {outdir}.",
+        flush=True,
+    )
+
+
+def main(config):
+    setup(config)
+    config.logdir = config.logdir.expanduser()
+    # A polite kill (timeout, cluster preemption) stops like Ctrl-C: checkpoint written, run resumable.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    (evaluate if config.eval_only else train)(config)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,16 @@ class DenseDecoder(layers.Layer):
 
 class ActionDecoder(layers.Layer):
     def __init__(
-        self, size, num_layers, units, dist="tanh_normal", act="elu", min_std=1e-4, init_std=5.0, mean_scale=5.0, **kwargs
+        self,
+        size,
+        num_layers,
+        units,
+        dist="tanh_normal",
+        act="elu",
+        min_std=1e-4,
+        init_std=5.0,
+        mean_scale=5.0,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self._size = size
@@ -206,7 +215,13 @@ class WorldModel:
             head(feat)
         self.variables = [v for m in self.modules for v in m.trainable_variables]
         self.optimizer = tools.Optimizer(
-            "model", self.variables, c.model_lr, clip=c.grad_clip, wd=c.weight_decay, wd_pattern=c.weight_decay_pattern, precision=c.precision
+            "model",
+            self.variables,
+            c.model_lr,
+            clip=c.grad_clip,
+            wd=c.weight_decay,
+            wd_pattern=c.weight_decay_pattern,
+            precision=c.precision,
         )
 
     def loss(self, data):
@@ -255,7 +270,9 @@ class ActorCritic:
 
     def __init__(self, config, feat_size, act_dim):
         self._c = c = config
-        self.actor = ActionDecoder(act_dim, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std, name="actor")
+        self.actor = ActionDecoder(
+            act_dim, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std, name="actor"
+        )
         self.value = DenseDecoder((), 3, c.num_units, act=c.dense_act, name="value")
         feat = tf.zeros((1, feat_size))
         self.actor(feat).mode()

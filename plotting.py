@@ -40,9 +40,7 @@ def matches(name, patterns):
 
 
 def rename(name, labels):
-    return next(
-        (label for pattern, label in labels if re.fullmatch(pattern, name)), name
-    )
+    return next((label for pattern, label in labels if re.fullmatch(pattern, name)), name)
 
 
 def to_float(value):
@@ -108,9 +106,7 @@ def load_run(path, xaxis, yaxis):
     return xs, ys
 
 
-def load_runs(
-    indirs, xaxis="step", yaxis="test/return", tasks=(".*",), methods=(".*",)
-):
+def load_runs(indirs, xaxis="step", yaxis="test/return", tasks=(".*",), methods=(".*",)):
     """Find <indir>/<task>/<method>/<seed>/metrics.jsonl and return dict(task, method, seed, xs, ys, source)."""
     runs = []
     for indir in map(pathlib.Path, indirs):
@@ -159,10 +155,7 @@ def load_curves(paths, tasks=(".*",), methods=(".*",)):
             entries = None
         for index, entry in enumerate(entries or []):
             source = f"{path}[{index}]"
-            if not (
-                isinstance(entry, dict)
-                and {"task", "method", "xs", "ys"} <= entry.keys()
-            ):
+            if not (isinstance(entry, dict) and {"task", "method", "xs", "ys"} <= entry.keys()):
                 warn(source, "not a curve with keys task, method, xs, ys")
                 continue
             task, method, xs, ys = (
@@ -171,9 +164,7 @@ def load_curves(paths, tasks=(".*",), methods=(".*",)):
                 entry["xs"],
                 entry["ys"],
             )
-            if not (
-                isinstance(xs, list) and isinstance(ys, list) and len(xs) == len(ys)
-            ):
+            if not (isinstance(xs, list) and isinstance(ys, list) and len(xs) == len(ys)):
                 warn(source, "xs and ys are not lists of the same length")
                 continue
             if not (matches(task, tasks) and matches(method, methods)):
@@ -215,9 +206,7 @@ def load_baselines(paths, regex=".*", tasks=(".*",)):
                 if not re.fullmatch(regex, method):
                     continue
                 if not math.isfinite(to_float(score)):
-                    warn(
-                        path, f"{task}/{method}: score {score!r} is not a finite number"
-                    )
+                    warn(path, f"{task}/{method}: score {score!r} is not a finite number")
                     continue
                 baselines[task][method] = to_float(score)
     return dict(baselines)
@@ -233,9 +222,7 @@ def bin_run(xs, ys, bins):
     keys = np.floor(xs / bins) if binned else xs
     unique, inverse = np.unique(keys, return_inverse=True)
     inverse = inverse.ravel()
-    means = np.bincount(inverse, ys, len(unique)) / np.bincount(
-        inverse, None, len(unique)
-    )
+    means = np.bincount(inverse, ys, len(unique)) / np.bincount(inverse, None, len(unique))
     return ((unique + 0.5) * bins if binned else unique), means
 
 
@@ -305,12 +292,8 @@ def plot(
     """One subplot per task with runs, a line and band per method, dashed baselines, one legend below."""
     tasks = sorted({run["task"] for run in runs})
     methods = sorted({run["method"] for run in runs})
-    baselines = {
-        task: scores for task, scores in (baselines or {}).items() if task in tasks
-    }
-    others = sorted(
-        {method for scores in baselines.values() for method in scores} - set(methods)
-    )
+    baselines = {task: scores for task, scores in (baselines or {}).items() if task in tasks}
+    others = sorted({method for scores in baselines.values() for method in scores} - set(methods))
     names = methods + [name for name in add if name not in methods] + others
     colors = palette(names)  # Shared by all subplots so that a method keeps its color.
     cols = max(1, min(cols, len(tasks)))
@@ -318,9 +301,7 @@ def plot(
     width = cols * size[0]
     ncol = legend_columns(names, width)
     height = rows * size[1] + 0.3 * math.ceil(len(names) / ncol) + 0.4
-    fig, grid = plt.subplots(
-        rows, cols, figsize=(width, height), squeeze=False, layout="constrained"
-    )
+    fig, grid = plt.subplots(rows, cols, figsize=(width, height), squeeze=False, layout="constrained")
     for ax in grid.flat[len(tasks) :]:
         fig.delaxes(ax)
     axes = list(grid.flat[: len(tasks)])
@@ -369,9 +350,7 @@ def plot(
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--indir",
         nargs="*",
@@ -379,9 +358,7 @@ def parse_args(argv=None):
         help="folders of <task>/<method>/<seed>/metrics.jsonl",
     )
     parser.add_argument("--outdir", default="plots")
-    parser.add_argument(
-        "--name", default="curves", help="stem of <outdir>/<name>.png and .pdf"
-    )
+    parser.add_argument("--name", default="curves", help="stem of <outdir>/<name>.png and .pdf")
     parser.add_argument("--xaxis", default="step")
     parser.add_argument("--yaxis", default="test/return")
     parser.add_argument(
@@ -390,12 +367,8 @@ def parse_args(argv=None):
         default=3e4,
         help="bin width along x; <= 0 disables binning",
     )
-    parser.add_argument(
-        "--tasks", nargs="+", default=[".*"], help="regexes, full match"
-    )
-    parser.add_argument(
-        "--methods", nargs="+", default=[".*"], help="regexes, full match"
-    )
+    parser.add_argument("--tasks", nargs="+", default=[".*"], help="regexes, full match")
+    parser.add_argument("--methods", nargs="+", default=[".*"], help="regexes, full match")
     parser.add_argument(
         "--curves",
         nargs="*",

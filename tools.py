@@ -7,6 +7,7 @@ import time
 import uuid
 import warnings
 
+import imageio
 import imageio.v3 as iio
 import keras
 import numpy as np
@@ -30,7 +31,8 @@ def save_episodes(directory, episodes):
     directory.mkdir(parents=True, exist_ok=True)
     filenames = []
     for episode in episodes:
-        timestamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+        # Microseconds, so that names sort in save order (the store's age order) within a second too.
+        timestamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S%f")
         length = len(episode["reward"])
         filename = directory / f"{timestamp}-{uuid.uuid4().hex}-{length}.npz"
         with io.BytesIO() as buffer:
@@ -285,7 +287,7 @@ class Optimizer:
         self._wd = wd
         self._wd_pattern = wd_pattern
         self.opt = keras.optimizers.Adam(lr, epsilon=eps, global_clipnorm=clip)
-        self._scaled = precision == 16
+        self._scaled = str(precision) == "16"
         if self._scaled:
             self.opt = keras.optimizers.LossScaleOptimizer(self.opt)
         self.opt.build(variables)
@@ -320,6 +322,19 @@ def encode_gif(frames, fps=20):
     if frames.shape[-1] == 1:
         frames = frames[..., 0]
     return iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+
+
+def write_video(path, frames, fps=30):
+    """uint8 frames [T, H, W, C] as an mp4 (imageio-ffmpeg ships its own ffmpeg binary)."""
+    imageio.v2.mimwrite(path, np.asarray(frames), fps=fps, macro_block_size=1)
+
+
+def write_strip(path, video, columns=10):
+    """Open-loop video [B, T, H, W, C] as one PNG: `columns` frames per sequence, sequences stacked."""
+    video = np.asarray(video)
+    frames = video[:, :: max(1, video.shape[1] // columns)][:, :columns]
+    B, T, H, W, C = frames.shape
+    iio.imwrite(path, frames.transpose((0, 2, 1, 3, 4)).reshape((B * H, T * W, C)))
 
 
 def video_summary(name, video, step, max_frames=200, fps=20):

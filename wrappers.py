@@ -53,9 +53,7 @@ def make_env(
         env = ActionRepeat(env, action_repeat, render_every)
         env = NormalizeActions(env)
     elif suite == "atari" and name:
-        env = Atari(
-            name, action_repeat, size, grayscale, life_done=life_done, seed=seed
-        )
+        env = Atari(name, action_repeat, size, grayscale, life_done=life_done, seed=seed)
         env = OneHotAction(env)
     else:
         raise ValueError(
@@ -164,10 +162,7 @@ class DeepMindControl:
 
     def _store(self, time_step):
         # 0-d entries become (1,) so that they batch like the others.
-        self._obs = {
-            k: np.asarray(v).reshape(np.shape(v) or (1,))
-            for k, v in time_step.observation.items()
-        }
+        self._obs = {k: np.asarray(v).reshape(np.shape(v) or (1,)) for k, v in time_step.observation.items()}
 
 
 class Atari:
@@ -188,15 +183,11 @@ class Atari:
             import ale_py
             import gymnasium
         except ImportError as e:
-            raise RuntimeError(
-                f"Atari needs `pip install gymnasium ale-py` (see requirements.txt): {e}"
-            ) from None
+            raise RuntimeError(f"Atari needs `pip install gymnasium ale-py` (see requirements.txt): {e}") from None
         gymnasium.register_envs(ale_py)
         game = "".join(word.title() for word in name.split("_"))
         if f"ALE/{game}-v5" not in gymnasium.registry:
-            raise ValueError(
-                f"Unknown Atari game '{name}' (no ALE/{game}-v5 in ale-py)."
-            )
+            raise ValueError(f"Unknown Atari game '{name}' (no ALE/{game}-v5 in ale-py).")
         with self.LOCK:
             self._env = gymnasium.make(
                 f"ALE/{game}-v5",
@@ -469,25 +460,19 @@ _ACCESS, _CALL, _RESULT, _EXCEPTION, _CLOSE = range(5)
 class Async:
     def __init__(self, ctor, strategy="process"):
         if strategy not in ("none", "thread", "process"):
-            raise ValueError(
-                f"Unknown strategy '{strategy}': valid ones are 'none', 'thread', 'process'."
-            )
+            raise ValueError(f"Unknown strategy '{strategy}': valid ones are 'none', 'thread', 'process'.")
         self._strategy, self._cache, self._closed = strategy, {}, False
         if strategy == "none":
             self._env = ctor()
             return
         if strategy == "thread":
             self._conn, conn = multiprocessing.Pipe()
-            self._worker = threading.Thread(
-                target=_worker, args=(conn, ctor), daemon=True
-            )
+            self._worker = threading.Thread(target=_worker, args=(conn, ctor), daemon=True)
             self._worker.start()
         else:
             context = multiprocessing.get_context("spawn")
             self._conn, conn = context.Pipe()
-            self._worker = context.Process(
-                target=_worker, args=(conn, ctor), daemon=True
-            )
+            self._worker = context.Process(target=_worker, args=(conn, ctor), daemon=True)
             _start_without_main(self._worker, ctor)
             conn.close()  # So that a dead worker shows up as EOF.
         atexit.register(self.close)

@@ -20,9 +20,7 @@ def write_run(root, task, method, seed, steps, returns, key="test/return"):
     with path.open("w") as f:
         for step, value in zip(steps, returns):
             f.write(json.dumps({"step": step, key: value}) + "\n")
-            f.write(
-                json.dumps({"step": step, "model_loss": 1.0}) + "\n"
-            )  # Lines without the y key.
+            f.write(json.dumps({"step": step, "model_loss": 1.0}) + "\n")  # Lines without the y key.
     return path
 
 
@@ -106,21 +104,15 @@ def test_main_writes_png_and_pdf_with_one_subplot_per_task(tmp_path):
     assert [ax.get_title() for ax in axes] == ["Cheetah Run", "Walker Walk"]
     assert all(len(lines_of(ax)) == 2 for ax in axes)
     assert legend_labels(fig) == ["dreamer", "planet"]
-    colors = [
-        {line.get_label(): line.get_color() for line in lines_of(ax)} for ax in axes
-    ]
+    colors = [{line.get_label(): line.get_color() for line in lines_of(ax)} for ax in axes]
     assert colors[0] == colors[1]
-    assert (
-        plotting.format_number(1.5e6) == "1.5M" and plotting.format_number(3e4) == "30k"
-    )
+    assert plotting.format_number(1.5e6) == "1.5M" and plotting.format_number(3e4) == "30k"
 
 
 def test_robustness_skips_bad_runs_with_warnings(tmp_path, capsys):
     logdir = tmp_path / "logdir"
     write_runs(logdir, tasks=("dmc_walker_walk",), methods=("dreamer",), seeds=1)
-    missing = write_run(
-        logdir, "dmc_walker_walk", "dreamer", 1, [0, 1000], [1, 2], key="train/return"
-    )
+    missing = write_run(logdir, "dmc_walker_walk", "dreamer", 1, [0, 1000], [1, 2], key="train/return")
     nans = write_run(
         logdir,
         "dmc_walker_walk",
@@ -156,22 +148,14 @@ def test_robustness_skips_bad_runs_with_warnings(tmp_path, capsys):
         (shallow, "not at <indir>/<task>/<method>/<seed>/metrics.jsonl"),
     ]:
         assert f"warning: {path}: {reason}" in err
-    assert (
-        plotting.main(["--indir", str(logdir), "--outdir", str(tmp_path / "plots")])
-        == 0
-    )
+    assert plotting.main(["--indir", str(logdir), "--outdir", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "curves.png").exists()
 
 
 def test_nothing_to_plot_exits_with_message(tmp_path, capsys):
     logdir = tmp_path / "logdir"
-    write_run(
-        logdir, "dmc_walker_walk", "dreamer", 0, [0, 1000], [1, 2], key="train/return"
-    )
-    assert (
-        plotting.main(["--indir", str(logdir), "--outdir", str(tmp_path / "plots")])
-        == 1
-    )
+    write_run(logdir, "dmc_walker_walk", "dreamer", 0, [0, 1000], [1, 2], key="train/return")
+    assert plotting.main(["--indir", str(logdir), "--outdir", str(tmp_path / "plots")]) == 1
     assert "error: nothing to plot" in capsys.readouterr().err
     assert not (tmp_path / "plots").exists()
     command = [
@@ -180,13 +164,9 @@ def test_nothing_to_plot_exits_with_message(tmp_path, capsys):
         "--indir",
         str(tmp_path / "missing"),
     ]
-    result = subprocess.run(
-        command, check=False, capture_output=True, text=True, cwd=tmp_path
-    )
+    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1
-    assert (
-        "error: nothing to plot" in result.stderr and "Traceback" not in result.stderr
-    )
+    assert "error: nothing to plot" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_labels_filters_and_several_indirs(tmp_path):
@@ -228,9 +208,7 @@ def test_labels_filters_and_several_indirs(tmp_path):
     runs = [
         dict(
             run,
-            method=plotting.rename(
-                run["method"], [("dream.*", "Dreamer"), ("planet", "PlaNet")]
-            ),
+            method=plotting.rename(run["method"], [("dream.*", "Dreamer"), ("planet", "PlaNet")]),
         )
         for run in runs
     ]
@@ -273,11 +251,7 @@ def test_reference_curves_and_baselines(reference):
     assert len(fig.axes) == len(axes) == 20
     assert all(lines_of(ax) for ax in axes)
     ax = next(ax for ax in axes if ax.get_title() == "Cartpole Swingup")
-    flat = {
-        line.get_label(): line.get_ydata()
-        for line in ax.get_lines()
-        if line.get_linestyle() == "--"
-    }
+    flat = {line.get_label(): line.get_ydata() for line in ax.get_lines() if line.get_linestyle() == "--"}
     assert flat.keys() == baselines["dmc_cartpole_swingup"].keys()
     for method, ys in flat.items():
         np.testing.assert_allclose(ys, baselines["dmc_cartpole_swingup"][method])
@@ -285,9 +259,7 @@ def test_reference_curves_and_baselines(reference):
 
 
 def test_own_run_beside_reference_in_one_command(reference, tmp_path, capsys):
-    write_runs(
-        tmp_path / "logdir", tasks=("dmc_cartpole_balance",), methods=("mine",), seeds=1
-    )
+    write_runs(tmp_path / "logdir", tasks=("dmc_cartpole_balance",), methods=("mine",), seeds=1)
     args = [
         "--indir",
         str(tmp_path / "logdir"),

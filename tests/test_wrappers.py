@@ -29,9 +29,7 @@ def rollout(env, steps, seed=0):
     transitions = [(env.reset(), 0.0, False, 1.0)]
     for _ in range(steps):
         if isinstance(space, wrappers.OneHotBox):
-            action = np.eye(space.shape[0], dtype=np.float32)[
-                rng.randint(space.shape[0])
-            ]
+            action = np.eye(space.shape[0], dtype=np.float32)[rng.randint(space.shape[0])]
         else:
             action = rng.uniform(space.low, space.high).astype(np.float32)
         obs, reward, done, info = env.step(action)
@@ -54,9 +52,7 @@ class EchoEnv:
     """Observes the action it receives, as an array; gives no discount."""
 
     observation_space = spaces.Box(-np.inf, np.inf, (3,), np.float32)
-    action_space = spaces.Box(
-        np.array([-2, 0, -np.inf], np.float32), np.array([4, 10, np.inf], np.float32)
-    )
+    action_space = spaces.Box(np.array([-2, 0, -np.inf], np.float32), np.array([4, 10, np.inf], np.float32))
 
     def reset(self):
         return np.zeros(3, np.float32)
@@ -88,9 +84,7 @@ def _action_repeat(configs):
         runs = {}
         for render_every in (True, False):
             env = wrappers.DeepMindControl(task, seed=0)
-            env = wrappers.TimeLimit(
-                wrappers.ActionRepeat(env, repeat, render_every), steps
-            )
+            env = wrappers.TimeLimit(wrappers.ActionRepeat(env, repeat, render_every), steps)
             start = time.perf_counter()
             runs[render_every] = rollout(env, steps + 1), time.perf_counter() - start
         results.append(runs)
@@ -145,9 +139,7 @@ def _tf_allowed():
 
 
 def _async_dmc():
-    ctor = functools.partial(
-        wrappers.make_env, "dmc_walker_walk", time_limit=30, seed=3
-    )
+    ctor = functools.partial(wrappers.make_env, "dmc_walker_walk", time_limit=30, seed=3)
     results = {}
     for strategy in ("none", "thread", "process"):
         env = wrappers.Async(ctor, strategy)
@@ -229,9 +221,7 @@ def test_tensorflow_guard():
     shape = clean(_tf_allowed)
     for message in errors:
         assert "TensorFlow" in message and "segfault" in message
-        assert (
-            "--parallel process" in message and "DREAMER_ALLOW_TF_RENDER=1" in message
-        )
+        assert "--parallel process" in message and "DREAMER_ALLOW_TF_RENDER=1" in message
     assert shape == (64, 64, 3)
 
 
@@ -356,9 +346,7 @@ def test_collect(precision):
         assert set(episode) == {"image", "action", "reward", "discount"}
         assert episode["image"].dtype == np.uint8
         assert all(episode[k].dtype == float_ for k in ("action", "reward", "discount"))
-        assert (episode["action"][0] == 0).all() and (
-            episode["action"][1:].sum(1) == 1
-        ).all()
+        assert (episode["action"][0] == 0).all() and (episode["action"][1:].sum(1) == 1).all()
         assert episode["reward"][0] == 0 and (episode["discount"] == 1).all()
     with pytest.raises(AssertionError):
         env.step(np.eye(6, dtype=np.float32)[0])
@@ -376,9 +364,7 @@ def test_async_atari_strategies_agree():
 
 @pytest.mark.parametrize("strategy", ["thread", "process"])
 def test_async_ctor_error_carries_traceback(strategy):
-    env = wrappers.Async(
-        functools.partial(wrappers.make_env, "atari_nosuchgame"), strategy
-    )
+    env = wrappers.Async(functools.partial(wrappers.make_env, "atari_nosuchgame"), strategy)
     with pytest.raises(RuntimeError) as error:
         env.reset()
     message = str(error.value)

@@ -1,0 +1,36 @@
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Small networks and short episodes: a real run of dreamer.py in about half a minute on 2 cores.
+TINY = (
+    "--task dmc_cartpole_balance --time_limit 200 --cnn_depth 4 --num_units 16 --deter_size 16 --stoch_size 4 "
+    "--horizon 3 --batch_size 3 --batch_length 8 --prefill 400 --pretrain 3 --train_every 200 --train_steps 2 "
+    "--eval_every 400 --log_every 400 --precision 32"
+).split()
+
+
+def run_dreamer(logdir, *flags, check=True):
+    """`python dreamer.py` in a fresh process; returns the CompletedProcess with stdout and stderr together."""
+    command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), *flags]
+    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dreamer.py exited with {result.returncode}:\n{result.stdout[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny real training run of 800 env steps, then resumed to 1200: (logdir, first output, second output)."""
+    logdir = tmp_path_factory.mktemp("run") / "dmc_cartpole_balance" / "dreamer" / "0"
+    first = run_dreamer(logdir, *TINY, "--steps", "800").stdout
+    checkpoint = (logdir / "checkpoints" / "checkpoint").read_text()
+    second = run_dreamer(logdir, *TINY, "--steps", "1200").stdout
+    return logdir, first, second, checkpoint

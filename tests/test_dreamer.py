@@ -1,0 +1,308 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import TINY, run_dreamer
+
+import dreamer
+import models
+import tools
+
+TINY_MODEL = "--cnn_depth 4 --num_units 16 --deter_size 16 --stoch_size 4 --horizon 3 --batch_size 3 --batch_length 8"
+
+
+def random_data(batch, length, act_dim, seed=0):
+    rng = np.random.RandomState(seed)
+    return dict(
+        image=rng.randint(0, 256, (batch, length, 64, 64, 3)).astype(np.uint8),
+        action=rng.uniform(-1, 1, (batch, length, act_dim)).astype(np.float32),
+        reward=rng.randn(batch, length).astype(np.float32),
+        discount=np.ones((batch, length), np.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("agent")
+    config = dreamer.parse_config(
+        ["--logdir", str(logdir), "--task", "dmc_walker_walk", "--precision", "32"] + TINY_MODEL.split()
+    )
+    dreamer.setup(config)
+    batches = [random_data(3, 8, 6, seed) for seed in range(4)]
+    dataset = tf.data.Dataset.from_tensor_slices({k: np.stack([b[k] for b in batches]) for k in batches[0]})
+    dataset = dataset.repeat().map(lambda x: tools.preprocess(x, config))
+    return dreamer.Dreamer(config, None, dataset, (64, 64, 3), 6, step=0), dataset
+
+
+def snapshot(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def changed(before, variables):
+    return [not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)]
+
+
+# lambda_return.
+
+
+def lambda_return_loop(reward, value, pcont, bootstrap, lambda_):
+    """V_t = r_t + pcont_t ((1 - lambda) v_{t+1} + lambda V_{t+1}), time on axis 0, V_H = v_H = bootstrap."""
+    returns = np.zeros_like(reward)
+    next_return = next_value = bootstrap
+    for t in reversed(range(len(reward))):
+        returns[t] = reward[t] + pcont[t] * ((1 - lambda_) * next_value + lambda_ * next_return)
+        next_return, next_value = returns[t], value[t]
+    return returns
+
+
+@pytest.mark.parametrize("lambda_", [0.0, 0.95, 1.0])
+@pytest.mark.parametrize("bootstrap", [True, False])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_lambda_return_matches_loop(lambda_, bootstrap, axis):
+    rng = np.random.RandomState(0)
+    reward, value = rng.randn(15, 7).astype(np.float32), rng.randn(15, 7).astype(np.float32)
+    pcont = rng.uniform(0.5, 1.0, (15, 7)).astype(np.float32)
+    last = rng.randn(7).astype(np.float32) if bootstrap else np.zeros(7, np.float32)
+    expected = lambda_return_loop(reward, value, pcont, last, lambda_)
+    move = (lambda x: x.T) if axis == 1 else (lambda x: x)
+    inputs = [tf.constant(move(x)) for x in (reward, value, pcont)]
+    returns = tools.lambda_return(*inputs, tf.constant(last) if bootstrap else None, lambda_, axis=axis)
+    np.testing.assert_allclose(move(returns.numpy()), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_return_extremes():
+    reward, value = tf.constant([[1.0], [2.0], [3.0]]), tf.constant([[10.0], [20.0], [30.0]])
+    last = tf.constant([40.0])
+    one_step = tools.lambda_return(reward, value, 0.5, last, 0.0, axis=0)[:, 0]
+    np.testing.assert_allclose(one_step, [1 + 0.5 * 20, 2 + 0.5 * 30, 3 + 0.5 * 40])
+    monte_carlo = tools.lambda_return(reward, value, 0.5, last, 1.0, axis=0)[:, 0]
+    np.testing.assert_allclose(monte_carlo[0], 1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 40)
+
+
+# Distributions.
+
+
+def test_tanh_bijector_log_det_matches_numerical_derivative():
+    x = np.linspace(-4, 4, 41)
+    eps = 1e-6
+    numerical = np.log((np.tanh(x + eps) - np.tanh(x - eps)) / (2 * eps))
+    analytic = tools.TanhBijector().forward_log_det_jacobian(tf.constant(x), event_ndims=0)
+    np.testing.assert_allclose(analytic.numpy(), numerical, rtol=1e-4, atol=1e-6)
+    y = tools.TanhBijector().forward(tf.constant([-30.0, 0.3, 30.0]))
+    assert np.isfinite(tools.TanhBijector().inverse(y).numpy()).all()  # Saturated samples stay finite.
+
+
+def test_tanh_normal_actor_sample_mode_entropy_shapes():
+    actor = models.ActionDecoder(6, 4, 16, "tanh_normal", init_std=5.0)
+    dist = actor(tf.random.normal([5, 20]))
+    sample, mode, entropy = dist.sample(), dist.mode(), dist.entropy()
+    assert sample.shape == mode.shape == (5, 6) and entropy.shape == (5,)
+    assert np.all(np.abs(sample.numpy()) <= 1) and np.all(np.abs(mode.numpy()) <= 1)
+    log_prob = dist.log_prob(mode)
+    assert log_prob.shape == (5,) and np.isfinite(log_prob.numpy()).all()
+
+
+def test_onehot_straight_through_gradient():
+    logits = tf.Variable(tf.random.normal([4, 5]))
+    weights = tf.constant(np.arange(5, dtype=np.float32))
+    with tf.GradientTape() as tape:
+        sample = tools.OneHotDist(logits=logits).sample()
+        loss = tf.reduce_sum(sample * weights)
+    np.testing.assert_allclose(tf.reduce_sum(sample, -1), 1.0, atol=1e-6)
+    assert set(np.round(sample.numpy(), 5).ravel()) <= {0.0, 1.0}
+    grad = tape.gradient(loss, logits)
+    assert grad is not None and np.abs(grad.numpy()).sum() > 0
+    mode = tools.OneHotDist(logits=logits).mode().numpy()
+    np.testing.assert_array_equal(mode.argmax(-1), logits.numpy().argmax(-1))
+
+
+# RSSM.
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_rssm_observe_imagine_shapes_and_dtypes(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        rssm = models.RSSM(stoch=4, deter=16, hidden=16)
+        embed, action = tf.random.normal([2, 5, 32]), tf.random.normal([2, 5, 3])
+        post, prior = rssm.observe(embed, action)
+        prior2 = rssm.imagine(action[:, :3], {k: v[:, -1] for k, v in post.items()})
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    dtype = tf.float16 if policy == "mixed_float16" else tf.float32
+    for state, length in ((post, 5), (prior, 5), (prior2, 3)):
+        assert state["stoch"].shape == state["mean"].shape == state["std"].shape == (2, length, 4)
+        assert state["deter"].shape == (2, length, 16)
+        assert all(v.dtype == dtype for v in state.values())
+        assert rssm.get_feat(state).shape == (2, length, 20)
+        dist = rssm.get_dist(state)
+        assert dist.dtype == tf.float32 and dist.batch_shape == (2, length)
+    assert np.all(post["std"].numpy() >= 0.1 - 1e-3)
+
+
+def test_free_nats_clamp_stops_kl_gradient_to_the_prior(agent):
+    agent, dataset = agent
+    wm = agent.world_model
+    data = next(iter(dataset))
+    prior_head = wm.dynamics.img2.trainable_variables + wm.dynamics.img3.trainable_variables
+    config = wm._c
+    norms = {}
+    for free_nats in (1e4, 0.0):
+        config.free_nats = free_nats
+        with tf.GradientTape() as tape:
+            loss, _, metrics = wm.loss(data)
+        norms[free_nats] = tf.linalg.global_norm(tape.gradient(loss, prior_head)).numpy()
+        if free_nats:
+            assert metrics["div"].numpy() == free_nats
+    config.free_nats = 3.0
+    assert norms[1e4] == 0 and norms[0.0] > 0
+
+
+# Optimizers and train step.
+
+
+def test_each_optimizer_changes_only_its_own_variables(agent):
+    agent, dataset = agent
+    wm, ac = agent.world_model, agent.behavior
+    data = next(iter(dataset))
+    groups = dict(model=wm.variables, actor=ac.actor.trainable_variables, value=ac.value.trainable_variables)
+    before = {k: snapshot(v) for k, v in groups.items()}
+    post, _ = wm.train(data)
+    assert any(changed(before["model"], groups["model"]))
+    assert not any(changed(before["actor"], groups["actor"]) + changed(before["value"], groups["value"]))
+    before = {k: snapshot(v) for k, v in groups.items()}
+    ac.train(post, wm)
+    assert not any(changed(before["model"], groups["model"]))  # The actor loss moves no world-model variable.
+    assert any(changed(before["actor"], groups["actor"])) and any(changed(before["value"], groups["value"]))
+    assert wm.optimizer.opt.iterations.numpy() == 1 and ac.actor_opt.opt.iterations.numpy() == 1
+
+
+def test_train_and_policy_trace_once(agent):
+    agent, dataset = agent
+    batches = iter(dataset)
+    for _ in range(3):
+        metrics = agent.train(next(batches))
+    expected = {"model_loss", "div", "image_loss", "reward_loss", "prior_ent", "post_ent", "actor_loss", "value_loss"}
+    expected |= {"action_ent", "model_grad_norm", "actor_grad_norm", "value_grad_norm"}
+    assert expected <= set(metrics) and all(np.isfinite(v.numpy()) for v in metrics.values())
+    assert agent.train.experimental_get_tracing_count() == 1
+    agent.next_train.assign(10**9)  # Act only: no training burst inside the policy calls.
+    state, reset = None, np.array([True])
+    for step in range(4):
+        image = np.random.randint(0, 256, (1, 64, 64, 3), np.uint8)
+        action, state = agent({"image": image}, reset, state, training=bool(step % 2))
+        reset = np.array([False])
+        assert action.shape == (1, 6) and np.all(np.abs(action) <= 1)
+    assert agent.policy.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("precision, dtype", [("16", "float16"), ("bf16", "bfloat16")])
+def test_mixed_precision_train_step_is_finite(tmp_path, precision, dtype):
+    flags = ["--logdir", str(tmp_path), "--task", "dmc_walker_walk", "--precision", precision] + TINY_MODEL.split()
+    config = dreamer.parse_config(flags)
+    dreamer.setup(config)
+    try:
+        data = tools.preprocess(random_data(3, 8, 6), config)
+        agent = dreamer.Dreamer(config, None, tf.data.Dataset.from_tensors(data), (64, 64, 3), 6, step=0)
+        for _ in range(2):
+            metrics = agent.train(data)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert agent.world_model.encoder.compute_dtype == dtype
+    assert all(v.dtype == tf.float32 for v in agent.world_model.variables)  # Variables stay float32.
+    # The first float16 steps may overflow: the loss scaler then skips them (inf gradient norm) and halves its scale.
+    assert all(np.isfinite(v.numpy()) for k, v in metrics.items() if not k.endswith("grad_norm"))
+    assert all(np.isfinite(v.numpy()).all() for v in agent.world_model.variables + agent.behavior.actor.weights)
+    scaled = isinstance(agent.world_model.optimizer.opt, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "16")
+
+
+def test_parameter_counts_for_walker_walk(tmp_path, capsys):
+    config = dreamer.parse_config(["--logdir", str(tmp_path), "--task", "dmc_walker_walk", "--precision", "32"])
+    act, stoch, deter, units, depth = 6, 30, 200, 400, 32
+    dense = lambda i, o: i * o + o
+    conv = lambda k, i, o: k * k * i * o + o
+    feat, embed = stoch + deter, 32 * depth
+    encoder = (
+        conv(4, 3, depth) + conv(4, depth, 2 * depth) + conv(4, 2 * depth, 4 * depth) + conv(4, 4 * depth, 8 * depth)
+    )
+    gru = 3 * deter * deter + 3 * deter * deter + 2 * 3 * deter  # Keras GRUCell, reset_after: two bias rows.
+    rssm = dense(stoch + act, deter) + gru + dense(deter, deter) + dense(deter, 2 * stoch)
+    rssm += dense(deter + embed, deter) + dense(deter, 2 * stoch)
+    decoder = dense(feat, 32 * depth) + conv(5, 32 * depth, 4 * depth) + conv(5, 4 * depth, 2 * depth)
+    decoder += conv(6, 2 * depth, depth) + conv(6, depth, 3)
+    reward = dense(feat, units) + dense(units, units) + dense(units, 1)
+    actor = dense(feat, units) + 3 * dense(units, units) + dense(units, 2 * act)
+    value = dense(feat, units) + 2 * dense(units, units) + dense(units, 1)
+    dataset = tf.data.Dataset.from_tensors(tools.preprocess(random_data(1, 2, act), config))
+    dreamer.Dreamer(config, None, dataset, (64, 64, 3), act, step=0)
+    out = capsys.readouterr().out
+    assert f"Found {encoder + rssm + decoder + reward} model parameters." in out
+    assert f"Found {actor} actor parameters." in out
+    assert f"Found {value} value parameters." in out
+
+
+# Command line.
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batchsize", "3"], "unrecognized arguments: --batchsize"),
+        (["--batch_size", "abc"], "argument --batch_size"),
+        (["--batch_size", "0"], "argument --batch_size"),
+        (["--log_images", "maybe"], "argument --log_images"),
+        (["--precision", "8"], "argument --precision"),
+        (["--task", "dmc_walker_fly"], "argument --task"),
+        (["--task", "pong"], "argument --task"),
+        (["--parallel", "none"], "argument --parallel"),
+        (["--eval_only", "True"], "argument --eval_only: no checkpoint"),
+    ],
+)
+def test_bad_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
+    logdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as error:
+        dreamer.parse_config(["--logdir", str(logdir)] + flags)
+    assert error.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not logdir.exists()
+
+
+def test_flag_parsing(tmp_path):
+    config = dreamer.parse_config(["--logdir", str(tmp_path), "--steps", "1e4", "--pcont", "True", "--free_nats", "2"])
+    assert config.steps == 10000 and config.pcont is True and config.free_nats == 2.0
+    config = dreamer.parse_config(["--logdir", str(tmp_path), "--task", "atari_pong"])
+    assert config.action_dist == "onehot" and config.expl == "epsilon_greedy"
+
+
+# A real run of dreamer.py.
+
+
+def metrics(logdir):
+    return [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_trains_checkpoints_and_resumes(trained_run):
+    logdir, first, second, checkpoint = trained_run
+    assert "Prefill dataset" in first and "Prefill dataset" not in second
+    assert "Loaded checkpoint" in second and "ckpt-800" in checkpoint
+    assert "Training for 3 steps." in first and "Training for 3 steps." not in second  # Pretrain runs once.
+    rows = metrics(logdir)
+    tests = [r["step"] for r in rows if "test/return" in r]
+    assert len(tests) == 2 and tests == sorted(tests) and max(r["step"] for r in rows) >= 1200
+    assert any("model_loss" in r and r["step"] == 800 for r in rows)  # Logged by the resumed run.
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(logdir / "checkpoints"))
+    iterations = reader.get_tensor("model_opt/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
+    # 3 pretraining steps at 400, then 2 at 600, 800 (after the restart) and 1000: the count continued.
+    assert iterations == 3 + 2 * 3
+    assert tools.count_steps(logdir / "episodes", 2) >= 1200
+
+
+def test_resume_with_other_architecture_is_refused(trained_run, tmp_path):
+    logdir = trained_run[0]
+    config = (logdir / "config.json").read_text()
+    result = run_dreamer(logdir, *TINY, "--num_units", "32", check=False)
+    assert result.returncode == 2 and "--num_units 16 (not 32)" in result.stdout
+    assert (logdir / "config.json").read_text() == config

@@ -1,0 +1,64 @@
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import tensorflow as tf
+
+import tools
+
+AGENT = {"model_loss", "value_loss", "actor_loss", "div", "image_loss", "reward_loss", "prior_ent", "post_ent"}
+AGENT |= {"action_ent", "model_grad_norm", "value_grad_norm", "actor_grad_norm", "expl_amount", "fps"}
+SIM = {"train/return", "train/length", "test/return", "test/length", "episodes"}
+
+
+def read_events(logdir):
+    """Scalars {tag: [values]} and images {tag: [encoded bytes]} from every event file of a run."""
+    scalars, images = {}, {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    images.setdefault(value.tag, []).append(value.image.encoded_image_string)
+                elif value.HasField("tensor"):
+                    scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    return scalars, images
+
+
+def test_metrics_jsonl_has_every_metric(trained_run):
+    logdir = trained_run[0]
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    assert AGENT | SIM | {"step"} <= keys
+    assert all(np.isfinite(v) for row in rows for v in row.values())
+
+
+def test_event_files_hold_scalars_and_gifs(trained_run):
+    logdir = trained_run[0]
+    scalars, images = read_events(logdir)
+    assert {f"agent/{k}" for k in AGENT} <= set(scalars), sorted(scalars)
+    assert {f"sim/{k}" for k in SIM} <= set(scalars), sorted(scalars)
+    openl = iio.imread(images["agent/openl"][0], index=None)
+    # batch_length frames; truth, model and error rows of 64 pixels; the batch's 3 sequences side by side.
+    assert openl.shape[:3] == (8, 3 * 64, 3 * 64)
+    video = iio.imread(images["sim/test/video"][0], index=None)
+    assert video.shape[:3] == (101, 64, 64)  # The reset frame and 100 agent steps (200 env steps).
+    assert video.std() > 0
+
+
+def test_long_videos_are_subsampled_not_dropped(tmp_path):
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        tools.video_summary("long", np.random.randint(0, 255, (2, 501, 8, 8, 3), np.uint8), 0, max_frames=200)
+    writer.close()
+    _, images = read_events(tmp_path)
+    frames = iio.imread(images["long"][0], index=None)
+    assert 100 < len(frames) <= 200 and frames.shape[1:3] == (8, 16)
+
+
+def test_interrupted_metrics_file_is_read_by_plotting(trained_run, tmp_path):
+    import plotting
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text((trained_run[0] / "metrics.jsonl").read_text() + '{"step": 1400, "test/ret')
+    xs, ys = plotting.load_run(path, "step", "test/return")
+    assert list(xs) == [400, 800] and np.isfinite(ys).all()
