@@ -165,7 +165,7 @@ def parse_config(argv=None):
     parser = make_parser()
     config = tools.AttrDict(vars(parser.parse_args(argv)))
     suite = config.task.split("_", 1)[0]
-    if suite not in ("dmc", "atari") or "_" not in config.task:
+    if suite not in wrappers.SUITES or "_" not in config.task:
         parser.error(f"argument --task: unknown task {config.task!r}; use dmc_<domain>_<task> or atari_<game>")
     if suite == "dmc":
         try:  # Imports dm_control without making a GL context: safe beside TensorFlow.

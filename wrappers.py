@@ -36,6 +36,10 @@ DMC_TASKS = [
 ]
 
 
+# Task prefixes that make_env knows; add yours here and a branch in make_env.
+SUITES = ("dmc", "atari")
+
+
 def make_env(
     task,
     action_repeat=2,

@@ -7,8 +7,8 @@ import tensorflow as tf
 import tools
 
 AGENT = {"model_loss", "value_loss", "actor_loss", "div", "image_loss", "reward_loss", "prior_ent", "post_ent"}
-AGENT |= {"action_ent", "model_grad_norm", "value_grad_norm", "actor_grad_norm", "expl_amount", "fps"}
-SIM = {"train/return", "train/length", "test/return", "test/length", "episodes"}
+AGENT |= {"action_ent", "model_grad_norm", "value_grad_norm", "actor_grad_norm", "expl_amount"}
+SIM = {"train/return", "train/length", "test/return", "test/length", "episodes", "fps"}
 
 
 def read_events(logdir):
