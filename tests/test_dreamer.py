@@ -306,3 +306,14 @@ def test_resume_with_other_architecture_is_refused(trained_run, tmp_path):
     result = run_dreamer(logdir, *TINY, "--num_units", "32", check=False)
     assert result.returncode == 2 and "--num_units 16 (not 32)" in result.stdout
     assert (logdir / "config.json").read_text() == config
+
+
+def test_atari_run_acts_with_valid_one_hot_actions(tmp_path):
+    flags = TINY_MODEL.split() + ["--task", "atari_pong", "--action_repeat", "4", "--time_limit", "400"]
+    flags += "--prefill 400 --pretrain 2 --train_every 400 --train_steps 1 --eval_every 400 --steps 800".split()
+    result = run_dreamer(tmp_path, *flags, "--log_images", "False", "--precision", "32")
+    assert "using --action_dist onehot" in result.stdout and "epsilon_greedy" in result.stdout
+    episodes = sorted((tmp_path / "episodes").glob("*.npz"))
+    assert len(episodes) == 2  # A prefill and an agent episode, both stepped through OneHotAction's check.
+    action = np.load(episodes[-1])["action"][1:]
+    assert action.shape[1] == 6 and set(np.unique(action)) == {0, 1} and (action.sum(-1) == 1).all()
