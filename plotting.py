@@ -23,10 +23,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib import ticker
 
 PREFIXES = ("dmc_", "atari_", "dmlab_")
-STATS = {"mean": np.mean, "median": np.median, "min": np.min, "max": np.max}
+STATS = ("mean", "median", "min", "max")
 BANDS = ("std", "minmax", "none")
 
 
@@ -231,23 +232,14 @@ def aggregate(runs, bins=None, agg="mean", band="std"):
 
     The line is the agg statistic over runs; the band is line +- population std over runs, or their min and max,
     or collapses onto the line for band 'none'. Bins that only some seeds reach use those seeds."""
-    columns = collections.defaultdict(list)
-    for run in runs:
-        for x, y in zip(*bin_run(run["xs"], run["ys"], bins)):
-            columns[x].append(y)
-    xs = np.array(sorted(columns), float)
-    values = [np.array(columns[x]) for x in xs]
-    line = np.array([STATS[agg](v) for v in values])
+    points = [pd.DataFrame(dict(zip("xy", bin_run(run["xs"], run["ys"], bins)))) for run in runs]
+    groups = pd.concat(points).groupby("x")["y"]
+    xs, line = groups.agg(agg).index.to_numpy(float), groups.agg(agg).to_numpy(float)
     if band == "std":
-        std = np.array([v.std() for v in values])
+        std = groups.std(ddof=0).to_numpy(float)
         return xs, line, line - std, line + std
     if band == "minmax":
-        return (
-            xs,
-            line,
-            np.array([v.min() for v in values]),
-            np.array([v.max() for v in values]),
-        )
+        return xs, line, groups.min().to_numpy(float), groups.max().to_numpy(float)
     return xs, line, line, line
 
 
