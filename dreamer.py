@@ -221,7 +221,7 @@ class Dreamer:
     def __init__(self, config, logger, dataset, image_shape, act_dim, step):
         self._c = c = config
         self._logger = logger
-        self._dataset = dataset and iter(dataset)
+        self._dataset = iter(dataset) if dataset is not None else None
         self._act_dim = act_dim
         self.step = step
         self.world_model = models.WorldModel(c, image_shape, act_dim)
