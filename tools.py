@@ -75,6 +75,7 @@ class EpisodeStore:
         self._episodes = {}  # filename -> episode, insertion order is age order.
         self._seen = set()
         self._steps = 0
+        self._eligible = {}  # chunk length -> episodes at least that long
 
     def __len__(self):
         return len(self._episodes)
@@ -109,11 +110,13 @@ class EpisodeStore:
             filename = next(iter(self._episodes))
             del self._episodes[filename]
             self._steps -= episode_length(filename)
+        if loaded:
+            self._eligible = {}
         return len(loaded)
 
     def sample(self, length, balance=False):
         """A chunk of `length` consecutive steps from a uniformly chosen episode."""
-        keys = [k for k in self._episodes if episode_length(k) + 1 >= length]
+        keys = self._long_enough(length)
         if not keys:
             raise ValueError(f"No episode of at least {length} steps in {self._directory}.")
         episode = self._episodes[keys[self._random.randint(len(keys))]]
@@ -124,6 +127,12 @@ class EpisodeStore:
         else:
             index = self._random.randint(0, available + 1)
         return {k: v[index : index + length] for k, v in episode.items()}
+
+    def _long_enough(self, length):
+        # Cached per update: sampling runs for every chunk of every batch, the folder changes rarely.
+        if length not in self._eligible:
+            self._eligible[length] = [k for k in self._episodes if episode_length(k) + 1 >= length]
+        return self._eligible[length]
 
     def batches(self, batch_size, length, balance=False):
         while True:
