@@ -2,11 +2,13 @@
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import pathlib
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -42,6 +44,8 @@ def define_config():
     c["gpu_growth"] = True
     c["precision"] = None  # 16 where a GPU is visible, else 32.
     c["jit"] = False
+    c["strategy"] = "default"
+    c["replicas"] = 0
     # Environment.
     c["task"] = "dmc_walker_walk"
     c["envs"] = 1
@@ -108,6 +112,7 @@ ARCHITECTURE = (
 
 CHOICES = dict(
     precision=("16", "32", "bf16"),
+    strategy=("default", "mirrored", "multi_worker"),
     parallel=("process", "thread", "none"),
     clip_rewards=("none", "tanh"),
     dense_act=ACTIVATIONS,
@@ -121,6 +126,11 @@ HELP = dict(
     precision="16 (mixed float16, GPUs), bf16 (mixed bfloat16) or 32; default: 16 where a GPU is visible, else 32 "
     "(bf16 measured 1.6x slower than 32 on AVX512-BF16 CPUs without AMX; see README)",
     jit="compile the train step with XLA",
+    strategy="default: one device; mirrored: the train step on all local GPUs (or --replicas of them); "
+    "multi_worker: on several hosts, the cluster and this host's place in it from TF_CONFIG (see README)",
+    replicas="mirrored: how many local GPUs to use (0: all); without GPUs, how many logical CPU devices to split "
+    "the CPU into (for testing)",
+    batch_size="sequences per batch in all (the global batch: split evenly across replicas)",
     parallel="where environments run: process (default) renders MuJoCo in worker processes that never import "
     "TensorFlow, which segfaults Mesa's EGL when both share a process; thread/none only for Atari or non-Mesa GL",
     replay_size="env steps of episodes kept in memory for sampling (oldest evicted, files stay on disk); "
@@ -183,6 +193,12 @@ def parse_config(argv=None):
             parser.error(f"argument --{key}: must be positive, got {config[key]}")
     if config.batch_length < 2 or (config.log_images and config.batch_length <= 5):
         parser.error("argument --batch_length: must be at least 2 (and above 5 with --log_images True)")
+    if config.replicas < 0:
+        parser.error(f"argument --replicas: must be 0 (all GPUs) or positive, got {config.replicas}")
+    if config.strategy == "multi_worker" and not config.eval_only:
+        problem = tf_config_problem(os.environ.get("TF_CONFIG"))
+        if problem:
+            parser.error(f"--strategy multi_worker: {problem}. {TF_CONFIG_EXAMPLE}")
     if config.eval_only and not (config.logdir / "checkpoints" / "checkpoint").exists():
         parser.error(f"argument --eval_only: no checkpoint in {config.logdir}/checkpoints; train a run there first")
     if suite == "atari":
@@ -202,6 +218,39 @@ def parse_config(argv=None):
     return config
 
 
+TF_CONFIG_EXAMPLE = (
+    "Set TF_CONFIG on every host to the same cluster and that host's own index, e.g. on the first of two hosts: "
+    'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+)
+
+
+def tf_config_problem(text):
+    """What is wrong with a TF_CONFIG value for --strategy multi_worker, or None."""
+    if not text:
+        return "the TF_CONFIG environment variable is not set"
+    try:
+        tf_config = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"TF_CONFIG is not valid JSON ({e})"
+    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+    if not isinstance(cluster, dict) or not (cluster.get("worker") or cluster.get("chief")):
+        return 'TF_CONFIG has no "cluster" with a "worker" list of host:port addresses'
+    for kind, addresses in cluster.items():
+        if kind not in ("chief", "worker"):
+            return f'TF_CONFIG\'s cluster has a {kind!r} job; only "chief" and "worker" take part in training'
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
+            return f'TF_CONFIG\'s cluster "{kind}" must be a list of "host:port" strings, got {addresses!r}'
+    task = tf_config.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        return 'TF_CONFIG has no "task" saying which cluster member this host is'
+    kind, index = task["type"], task["index"]
+    if kind not in cluster:
+        return f"TF_CONFIG's task type {kind!r} is not a job of its cluster ({', '.join(cluster)})"
+    if not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        return f"TF_CONFIG's task index {index!r} is unknown: its cluster lists {len(cluster[kind])} {kind} address(es)"
+    return None
+
+
 def config_mismatch(config):
     """Architecture flags that differ from those of the run already in config.logdir, as text."""
     path = config.logdir.expanduser() / "config.json"
@@ -216,14 +265,23 @@ def config_mismatch(config):
 
 
 class Dreamer:
-    """World model and actor-critic, with one compiled policy and one compiled train step."""
+    """World model and actor-critic, with one compiled policy and one compiled train step.
 
-    def __init__(self, config, logger, dataset, image_shape, act_dim, step):
+    Under a tf.distribute `strategy` the train step runs on every replica with its share of each batch of
+    `dataset` (global batches), and its losses and updates are those of the global batch.
+    """
+
+    def __init__(self, config, logger, dataset, image_shape, act_dim, step, strategy=None):
         self._c = c = config
         self._logger = logger
-        self._dataset = iter(dataset) if dataset is not None else None
         self._act_dim = act_dim
         self.step = step
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self._build(dataset, image_shape, act_dim)
+
+    def _build(self, dataset, image_shape, act_dim):
+        c = self._c
         self.world_model = models.WorldModel(c, image_shape, act_dim)
         feat_size = c.stoch_size + c.deter_size
         self.behavior = models.ActorCritic(c, feat_size, act_dim)
@@ -253,12 +311,15 @@ class Dreamer:
                 scalar(tf.float32),
             ],
         )
+        self._openl = tf.function(self.world_model.openl)
+        self._dataset = None
         if dataset is not None:
-            data_spec = dataset.element_spec
-            self.train = tf.function(self._train, input_signature=[data_spec], jit_compile=c.jit)
-            self._openl = tf.function(self.world_model.openl, input_signature=[data_spec])
-        else:  # Evaluation only.
-            self._openl = tf.function(self.world_model.openl)
+            dataset = self.strategy.experimental_distribute_dataset(dataset)
+            self._dataset = iter(dataset)
+            self.train = tf.function(self._train, input_signature=[dataset.element_spec], jit_compile=c.jit)
+        # Multi-worker: the chief tells the other workers before every train step whether one follows.
+        add = lambda flag: self.strategy.reduce("SUM", self.strategy.run(lambda: flag), axis=None)
+        self._sync = tf.function(add, input_signature=[scalar(tf.int32)])
         wm, ac = self.world_model, self.behavior
         self._checkpoint = tf.train.Checkpoint(
             encoder=wm.encoder,
@@ -297,6 +358,7 @@ class Dreamer:
         steps = c.pretrain if self.next_train.numpy() == 0 else c.train_steps
         print(f"Training for {steps} steps.", flush=True)
         for _ in range(steps):
+            self.sync(True)
             data = next(self._dataset)
             metrics = self.train(data)
             if c.log_scalars:
@@ -306,13 +368,41 @@ class Dreamer:
         if self.step >= self.next_log.numpy():
             self._logger.scalar("expl_amount", self.expl_amount())
             if c.log_images:
+                data = tf.nest.map_structure(lambda x: self.strategy.experimental_local_results(x)[0], data)
                 self._logger.video("agent/openl", self._openl(data).numpy())
             self._logger.write(self.step, fps=True)
             self.next_log.assign((self.step // c.log_every + 1) * c.log_every)
 
+    @property
+    def multi_worker(self):
+        return isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    def sync(self, more):
+        """Multi-worker: whether another train step follows. The chief decides; the other workers learn it."""
+        if not self.multi_worker:
+            return more
+        return bool(self._sync(tf.constant(int(more), tf.int32)).numpy() > 0)
+
+    def serve(self):
+        """The train loop of a non-chief worker: train steps in lockstep with the chief until it stops."""
+        steps = 0
+        while self.sync(False):
+            self.train(next(self._dataset))
+            steps += 1
+        return steps
+
     def _train(self, data):
-        post, metrics = self.world_model.train(data)
-        metrics.update(self.behavior.train(post, self.world_model))
+        # Stateless noise from the run's seed and the update count: the same samples on resume and for any
+        # number of replicas.
+        updates = tf.cast(self.world_model.optimizer.opt.iterations, tf.int64)
+        seed = tf.stack([tf.constant(self._c.seed, tf.int64), updates])
+        metrics = self.strategy.run(self._train_replica, (data, seed))
+        return {k: self.strategy.reduce("MEAN", v, axis=None) for k, v in metrics.items()}
+
+    def _train_replica(self, data, seed):
+        model_seed, behavior_seed = tf.unstack(tf.random.split(seed))
+        post, metrics = self.world_model.train(data, model_seed)
+        metrics.update(self.behavior.train(post, self.world_model, behavior_seed))
         feat = tf.stop_gradient(self.world_model.dynamics.get_feat(post))
         metrics["action_ent"] = tf.reduce_mean(self.behavior.actor(feat).entropy())
         return metrics
@@ -340,6 +430,14 @@ class Dreamer:
             random = tf.one_hot(indices, self._act_dim, dtype=action.dtype)
             return tf.where(tf.random.uniform(tf.shape(action)[:1])[:, None] < amount, random, action)
         raise NotImplementedError(expl)
+
+    def digest(self):
+        """A fingerprint of all network weights, to check that workers agree."""
+        weights = self.world_model.variables + self.behavior.actor.weights + self.behavior.value.weights
+        digest = hashlib.sha256()
+        for weight in weights:
+            digest.update(np.asarray(weight.numpy()).tobytes())
+        return f"weights sha256 {digest.hexdigest()[:16]}"
 
     def save(self):
         path = self._manager.save(checkpoint_number=self.step)
@@ -415,7 +513,45 @@ def random_agent(action_space, seed):
     return policy
 
 
+def make_strategy(config):
+    """The tf.distribute strategy of --strategy; made before anything else runs on a device."""
+    if config.strategy == "default" or config.eval_only:
+        return tf.distribute.get_strategy()
+    if config.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        count = config.replicas or len(gpus)
+        if count > len(gpus):
+            sys.exit(f"error: argument --replicas: {count} replicas but only {len(gpus)} GPUs are visible")
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(count)])
+    count = config.replicas or 1
+    # Logical CPU devices share the same cores: for testing the distributed code path, not for speed.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(count)])
+
+
+def is_chief(strategy):
+    """The worker that collects episodes and writes summaries and checkpoints (the only one without multi_worker)."""
+    return strategy.extended.should_checkpoint
+
+
 def setup(config):
+    strategy = make_strategy(config)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        sys.exit(
+            f"error: argument --batch_size: the global batch of {config.batch_size} does not split evenly "
+            f"across {replicas} replicas; use a multiple of {replicas}"
+        )
+    if replicas > 1:
+        devices = ", ".join(strategy.extended.worker_devices)
+        print(
+            f"Strategy {config.strategy}: {replicas} replicas (here: {devices}), "
+            f"{config.batch_size // replicas} sequences each.",
+            flush=True,
+        )
     for gpu in tf.config.list_physical_devices("GPU"):
         if config.gpu_growth:
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -426,9 +562,12 @@ def setup(config):
     policy = {"16": "mixed_float16", "bf16": "mixed_bfloat16", "32": "float32"}[config.precision]
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
+    return strategy
 
 
-def train(config):
+def train(config, strategy=None):
+    if strategy is not None and not is_chief(strategy):
+        return serve(config, strategy)
     logdir, datadir = config.logdir, config.logdir / "episodes"
     step = tools.count_steps(datadir, config.action_repeat)
     logdir.mkdir(parents=True, exist_ok=True)
@@ -447,7 +586,7 @@ def train(config):
             step = tools.count_steps(datadir, config.action_repeat)
         store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
         dataset = tools.make_dataset(store, config)
-        agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step)
+        agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step, strategy)
         agent.load()
         print(f"Simulating agent for {config.steps - step} steps.", flush=True)
         state = None
@@ -462,10 +601,52 @@ def train(config):
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
+        except tf.errors.OpError as e:
+            if not agent.multi_worker:
+                raise
+            sys.exit(lost_cluster("the chief", e))
+        agent.sync(False)  # Multi-worker: the other workers stop too.
+        if agent.multi_worker:
+            print(f"Chief: stopped the other workers; {agent.digest()}.", flush=True)
     finally:
         for env in train_envs + test_envs:
             env.close()
         logger.close()
+    agent.sync(False)  # Multi-worker: exit together; a worker that exits first looks crashed to the chief.
+
+
+def serve(config, strategy):
+    """A non-chief worker of --strategy multi_worker: trains with the chief on the shared episode folder and
+    writes nothing; its variables start from the chief's latest checkpoint."""
+    datadir = config.logdir / "episodes"
+    resolver = strategy.cluster_resolver
+    name = f"{resolver.task_type} {resolver.task_id}"
+    print(f"Worker {name}: training with the chief on {datadir}.", flush=True)
+    while tools.count_steps(datadir, config.action_repeat) < max(config.prefill, 1):
+        time.sleep(1)  # The chief is still prefilling.
+    # Its own sampling seed (the chief's is --seed), so that the workers train on different batches.
+    seed = config.seed + 1000 * (1 + resolver.task_id)
+    store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, seed)
+    dataset = tools.make_dataset(store, config)
+    example = store.sample(config.batch_length)
+    image_shape, act_dim = example["image"].shape[1:], example["action"].shape[-1]
+    agent = Dreamer(config, None, dataset, image_shape, act_dim, 0, strategy)
+    agent.load()
+    try:
+        steps = agent.serve()
+        print(f"Worker {name}: the chief stopped after {steps} train steps together; {agent.digest()}.", flush=True)
+        agent.sync(False)
+    except tf.errors.OpError as e:
+        sys.exit(lost_cluster(f"worker {name}", e))
+    except KeyboardInterrupt:
+        print(f"Worker {name}: interrupted; the chief and the other workers will stop too.", flush=True)
+
+
+def lost_cluster(who, error):
+    return (
+        f"error: {who} lost a member of the cluster ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+        "Restart every worker with its command: they resume from the chief's latest checkpoint."
+    )
 
 
 def evaluate(config):
@@ -501,11 +682,14 @@ def evaluate(config):
 
 
 def main(config):
-    setup(config)
+    strategy = setup(config)
     config.logdir = config.logdir.expanduser()
     # A polite kill (timeout, cluster preemption) stops like Ctrl-C: checkpoint written, run resumable.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    (evaluate if config.eval_only else train)(config)
+    if config.eval_only:
+        evaluate(config)
+    else:
+        train(config, strategy)
 
 
 if __name__ == "__main__":

@@ -37,12 +37,15 @@ class RSSM(layers.Layer):
             deter=zeros(self._deter_size),
         )
 
-    def observe(self, embed, action, state=None):
+    def observe(self, embed, action, state=None, noise=None):
+        """Posterior and prior states for a batch of sequences; `noise` [B, T, stoch] makes the samples given."""
         if state is None:
             state = self.initial(tf.shape(action)[0])
+        if noise is None:
+            noise = tf.random.normal(tf.concat([tf.shape(action)[:2], [self._stoch_size]], 0))
         post, prior = tf.scan(
             lambda prev, inputs: self.obs_step(prev[0], *inputs),
-            (swap(action), swap(embed)),
+            (swap(action), swap(embed), swap(noise)),
             (state, state),
         )
         return tf.nest.map_structure(swap, post), tf.nest.map_structure(swap, prior)
@@ -50,7 +53,7 @@ class RSSM(layers.Layer):
     def imagine(self, action, state=None):
         if state is None:
             state = self.initial(tf.shape(action)[0])
-        prior = tf.scan(self.img_step, swap(action), state)
+        prior = tf.scan(lambda prev, act: self.img_step(prev, act), swap(action), state)
         return tf.nest.map_structure(swap, prior)
 
     def get_feat(self, state):
@@ -60,27 +63,31 @@ class RSSM(layers.Layer):
         mean, std = tf.cast(state["mean"], tf.float32), tf.cast(state["std"], tf.float32)
         return tfd.MultivariateNormalDiag(mean, std)
 
-    def obs_step(self, prev_state, prev_action, embed):
-        prior = self.img_step(prev_state, prev_action)
+    def obs_step(self, prev_state, prev_action, embed, noise=None):
+        # The prior's sample is never used downstream, so it may share the posterior's noise.
+        prior = self.img_step(prev_state, prev_action, noise)
         x = tf.concat([prior["deter"], tf.cast(embed, self.compute_dtype)], -1)
         x = self.obs2(self.obs1(x))
-        post = self._stats(x)
+        post = self._stats(x, noise)
         post["deter"] = prior["deter"]
         return post, prior
 
-    def img_step(self, prev_state, prev_action):
+    def img_step(self, prev_state, prev_action, noise=None):
         x = tf.concat([prev_state["stoch"], tf.cast(prev_action, self.compute_dtype)], -1)
         x = self.img1(x)
         x, deter = self.cell(x, prev_state["deter"])
         x = self.img3(self.img2(x))
-        prior = self._stats(x)
+        prior = self._stats(x, noise)
         prior["deter"] = deter
         return prior
 
-    def _stats(self, x):
+    def _stats(self, x, noise=None):
         mean, std = tf.split(x, 2, -1)
         std = tf.nn.softplus(std) + 0.1
-        stoch = tf.cast(self.get_dist(dict(mean=mean, std=std)).sample(), self.compute_dtype)
+        if noise is None:
+            noise = tf.random.normal(tf.shape(mean))
+        # The reparameterised sample of get_dist(), from standard normal noise that the caller may fix.
+        stoch = mean + std * tf.cast(noise, mean.dtype)
         return dict(mean=mean, std=std, stoch=stoch)
 
 
@@ -173,6 +180,28 @@ class ActionDecoder(layers.Layer):
         self.out = layers.Dense(2 * size if dist == "tanh_normal" else size)
 
     def call(self, features):
+        params = self._params(features)
+        if self._dist == "tanh_normal":
+            dist = tfd.TransformedDistribution(tfd.Normal(*params), tools.TanhBijector())
+            return tools.SampleDist(tfd.Independent(dist, 1))
+        return tools.OneHotDist(logits=params)
+
+    def sample(self, features, noise):
+        """A differentiable sample of call(features) from given noise: standard normal for tanh_normal,
+        uniform in (0, 1) for onehot (a Gumbel-max sample with straight-through gradients)."""
+        params = self._params(features)
+        if self._dist == "tanh_normal":
+            mean, std = params
+            return tf.tanh(mean + std * noise)
+        probs = tf.nn.softmax(params)
+        sample = tf.one_hot(tf.argmax(params - tf.math.log(-tf.math.log(noise)), -1), self._size)
+        return sample + probs - tf.stop_gradient(probs)
+
+    @property
+    def noise(self):
+        return "normal" if self._dist == "tanh_normal" else "uniform"
+
+    def _params(self, features):
         x = tf.cast(features, self.compute_dtype)
         for dense in self.hidden:
             x = dense(x)
@@ -181,10 +210,9 @@ class ActionDecoder(layers.Layer):
             mean, std = tf.split(x, 2, -1)
             mean = self._mean_scale * tf.tanh(mean / self._mean_scale)
             std = tf.nn.softplus(std + self._raw_init_std) + self._min_std
-            dist = tfd.TransformedDistribution(tfd.Normal(mean, std), tools.TanhBijector())
-            return tools.SampleDist(tfd.Independent(dist, 1))
+            return mean, std
         if self._dist == "onehot":
-            return tools.OneHotDist(logits=x)
+            return x
         raise NotImplementedError(self._dist)
 
 
@@ -224,10 +252,11 @@ class WorldModel:
             precision=c.precision,
         )
 
-    def loss(self, data):
+    def loss(self, data, seed):
         c = self._c
         embed = self.encoder(data["image"])
-        post, prior = self.dynamics.observe(embed, data["action"])
+        noise = tools.replica_noise(seed, [*tf.unstack(tf.shape(data["action"])[:2]), c.stoch_size])
+        post, prior = self.dynamics.observe(embed, data["action"], noise=noise)
         feat = self.dynamics.get_feat(post)
         likes = {}
         likes["image"] = tf.reduce_mean(self.heads["image"](feat).log_prob(data["image"]))
@@ -237,16 +266,17 @@ class WorldModel:
             likes["pcont"] = c.pcont_scale * tf.reduce_mean(self.heads["pcont"](feat).log_prob(target))
         prior_dist, post_dist = self.dynamics.get_dist(prior), self.dynamics.get_dist(post)
         div = tf.reduce_mean(tfd.kl_divergence(post_dist, prior_dist))
-        div = tf.maximum(div, c.free_nats)
+        # Free nats clamp the KL of the global batch: no gradient while its mean over all replicas is below.
+        div = tf.where(tools.replica_mean(tf.stop_gradient(div)) > c.free_nats, div, c.free_nats)
         loss = c.kl_scale * div - sum(likes.values())
         metrics = dict(model_loss=loss, div=div, prior_ent=tf.reduce_mean(prior_dist.entropy()))
         metrics["post_ent"] = tf.reduce_mean(post_dist.entropy())
         metrics.update({f"{k}_loss": -v for k, v in likes.items()})
         return loss, post, metrics
 
-    def train(self, data):
+    def train(self, data, seed):
         with tf.GradientTape() as tape:
-            loss, post, metrics = self.loss(data)
+            loss, post, metrics = self.loss(data, seed)
         metrics.update(self.optimizer(tape, loss))
         return post, metrics
 
@@ -270,6 +300,7 @@ class ActorCritic:
 
     def __init__(self, config, feat_size, act_dim):
         self._c = c = config
+        self._act_dim = act_dim
         self.actor = ActionDecoder(
             act_dim, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std, name="actor"
         )
@@ -281,19 +312,27 @@ class ActorCritic:
         self.actor_opt = tools.Optimizer("actor", self.actor.trainable_variables, c.actor_lr, **kw)
         self.value_opt = tools.Optimizer("value", self.value.trainable_variables, c.value_lr, **kw)
 
-    def imagine(self, start, dynamics):
+    def imagine(self, start, dynamics, seed):
         """Roll the prior `horizon` steps from every start state with actions sampled from the actor."""
-        policy = lambda state: self.actor(tf.stop_gradient(dynamics.get_feat(state))).sample()
-        states = tf.scan(lambda prev, _: dynamics.img_step(prev, policy(prev)), tf.range(self._c.horizon), start)
+        c, rows = self._c, tf.shape(start["deter"])[0]
+        act_seed, stoch_seed = tf.unstack(tf.random.split(seed))
+        act_noise = tools.replica_noise(act_seed, [rows, c.horizon, self._act_dim], self.actor.noise)
+        stoch_noise = tools.replica_noise(stoch_seed, [rows, c.horizon, c.stoch_size])
+
+        def step(prev, noise):
+            action = self.actor.sample(tf.stop_gradient(dynamics.get_feat(prev)), noise[0])
+            return dynamics.img_step(prev, action, noise[1])
+
+        states = tf.scan(step, (swap(act_noise), swap(stoch_noise)), start)
         return dynamics.get_feat(states)
 
-    def train(self, post, world_model):
+    def train(self, post, world_model, seed):
         c = self._c
         if c.pcont:  # The last step could be terminal.
             post = {k: v[:, :-1] for k, v in post.items()}
         start = {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]])) for k, v in post.items()}
         with tf.GradientTape() as actor_tape:
-            feat = self.imagine(start, world_model.dynamics)
+            feat = self.imagine(start, world_model.dynamics, seed)
             reward = world_model.heads["reward"](feat).mode()
             if c.pcont:
                 pcont = world_model.heads["pcont"](feat).mean()

@@ -142,13 +142,17 @@ class EpisodeStore:
 
 
 def make_dataset(store, config):
+    """Batches of `batch_size` chunks, preprocessed and prefetched; a strategy splits each one across replicas."""
     store.update()
     example = next(store.batches(config.batch_size, config.batch_length, config.dataset_balance))
     signature = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in example.items()}
     generator = lambda: store.batches(config.batch_size, config.batch_length, config.dataset_balance)
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
     dataset = dataset.map(lambda x: preprocess(x, config))
-    return dataset.prefetch(4)
+    # Every worker samples its own batches (its store has its own seed): sharding would only discard some.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options).prefetch(4)
 
 
 def preprocess(obs, config):
@@ -288,14 +292,19 @@ def lambda_return(reward, value, pcont, bootstrap, lambda_, axis):
 
 
 class Optimizer:
-    """Adam with global-norm clipping, decoupled weight decay and, for float16, dynamic loss scaling."""
+    """Adam with global-norm clipping, decoupled weight decay and, for float16, dynamic loss scaling.
+
+    Under a tf.distribute strategy the gradients are averaged over all replicas before clipping, so that the
+    update is that of the global batch whatever the number of replicas (Keras would clip each replica's own).
+    """
 
     def __init__(self, name, variables, lr, eps=1e-4, clip=None, wd=0.0, wd_pattern=r".*", precision=32):
         self._name = name
         self._variables = variables
+        self._clip = clip
         self._wd = wd
         self._wd_pattern = wd_pattern
-        self.opt = keras.optimizers.Adam(lr, epsilon=eps, global_clipnorm=clip)
+        self.opt = keras.optimizers.Adam(lr, epsilon=eps)
         self._scaled = str(precision) == "16"
         if self._scaled:
             self.opt = keras.optimizers.LossScaleOptimizer(self.opt)
@@ -309,18 +318,47 @@ class Optimizer:
         with tape:
             scaled = self.opt.scale_loss(loss) if self._scaled else loss
         grads = tape.gradient(scaled, self._variables)
-        norm = tf.linalg.global_norm(grads)
-        if self._scaled:
-            norm /= tf.cast(self.opt.dynamic_scale, norm.dtype)
+        context = tf.distribute.get_replica_context()
+        grads = context.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
+        scale = tf.cast(self.opt.dynamic_scale, tf.float32) if self._scaled else 1.0
+        norm = tf.linalg.global_norm(grads) / scale
+        if self._clip:  # Non-finite float16 gradients stay non-finite: the loss scale optimizer skips them.
+            grads, _ = tf.clip_by_global_norm(grads, self._clip * scale, use_norm=norm * scale)
         if self._wd:
-            self._apply_weight_decay()
-        self.opt.apply(grads, self._variables)
+            context.merge_call(self._apply_weight_decay)
+        # Keras sums the gradients over replicas once more; they are already the same on every replica.
+        replicas = context.num_replicas_in_sync
+        self.opt.apply([g / replicas for g in grads] if replicas > 1 else grads, self._variables)
         return {f"{self._name}_grad_norm": norm}
 
-    def _apply_weight_decay(self):
+    def _apply_weight_decay(self, strategy):
         for var in self._variables:
             if re.search(self._wd_pattern, f"{self._name}/{var.path}"):
-                var.assign((1 - self._wd) * var)
+                strategy.extended.update(var.value, lambda v: v.assign((1 - self._wd) * v), group=False)
+
+
+def replica_noise(seed, shape, kind="normal"):
+    """Stateless noise for this replica's rows of the global batch, `shape` being the replica's own.
+
+    Every replica draws the noise of the whole global batch from the same seed and keeps its rows, so a
+    train step samples the same latents and actions however the batch is split across replicas.
+    """
+    context = tf.distribute.get_replica_context()
+    rows, replicas = shape[0], context.num_replicas_in_sync
+    full = [rows * replicas, *shape[1:]]
+    if kind == "normal":
+        noise = tf.random.stateless_normal(full, seed)
+    else:  # Uniform in (0, 1), for Gumbel samples.
+        noise = tf.random.stateless_uniform(full, seed, minval=1e-6, maxval=1.0 - 1e-6)
+    if replicas == 1:
+        return noise
+    start = tf.cast(context.replica_id_in_sync_group, tf.int32) * rows
+    return noise[start : start + rows]
+
+
+def replica_mean(value):
+    """The mean of `value` over all replicas (the value itself without a strategy)."""
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, value)
 
 
 # Summaries.

@@ -81,6 +81,9 @@ def test_lambda_return_extremes():
     np.testing.assert_allclose(monte_carlo[0], 1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 40)
 
 
+SEED = tf.constant([0, 7], tf.int64)
+
+
 # Distributions.
 
 
@@ -152,12 +155,38 @@ def test_free_nats_clamp_stops_kl_gradient_to_the_prior(agent):
     for free_nats in (1e4, 0.0):
         config.free_nats = free_nats
         with tf.GradientTape() as tape:
-            loss, _, metrics = wm.loss(data)
+            loss, _, metrics = wm.loss(data, SEED)
         norms[free_nats] = tf.linalg.global_norm(tape.gradient(loss, prior_head)).numpy()
         if free_nats:
             assert metrics["div"].numpy() == free_nats
     config.free_nats = 3.0
     assert norms[1e4] == 0 and norms[0.0] > 0
+
+
+def test_train_step_noise_is_keyed_by_the_seed(agent):
+    """Latent samples come from stateless noise: the same seed (run seed, update count) gives the same loss."""
+    agent, dataset = agent
+    wm = agent.world_model
+    data = next(iter(dataset))
+    first, again = (wm.loss(data, SEED)[1]["stoch"] for _ in range(2))
+    other = wm.loss(data, SEED + 1)[1]["stoch"]
+    np.testing.assert_array_equal(first.numpy(), again.numpy())
+    assert np.abs(first.numpy() - other.numpy()).max() > 1e-3
+
+
+@pytest.mark.parametrize("dist", ["tanh_normal", "onehot"])
+def test_actor_sample_from_noise_has_the_actors_distribution(dist):
+    actor = models.ActionDecoder(3, 2, 16, dist, init_std=1.0)
+    features = tf.repeat(tf.random.normal([1, 8]), 20000, 0)
+    seed = tf.constant([1, 2], tf.int64)
+    if dist == "tanh_normal":
+        noise = tf.random.stateless_normal([20000, 3], seed)
+    else:
+        noise = tf.random.stateless_uniform([20000, 3], seed, 1e-6, 1 - 1e-6)
+    ours = actor.sample(features, noise).numpy()
+    theirs = actor(features).sample().numpy()
+    np.testing.assert_allclose(ours.mean(0), theirs.mean(0), atol=0.03)
+    np.testing.assert_allclose(ours.std(0), theirs.std(0), atol=0.03)
 
 
 # Optimizers and train step.
@@ -169,11 +198,11 @@ def test_each_optimizer_changes_only_its_own_variables(agent):
     data = next(iter(dataset))
     groups = dict(model=wm.variables, actor=ac.actor.trainable_variables, value=ac.value.trainable_variables)
     before = {k: snapshot(v) for k, v in groups.items()}
-    post, _ = wm.train(data)
+    post, _ = wm.train(data, SEED)
     assert any(changed(before["model"], groups["model"]))
     assert not any(changed(before["actor"], groups["actor"]) + changed(before["value"], groups["value"]))
     before = {k: snapshot(v) for k, v in groups.items()}
-    ac.train(post, wm)
+    ac.train(post, wm, SEED)
     assert not any(changed(before["model"], groups["model"]))  # The actor loss moves no world-model variable.
     assert any(changed(before["actor"], groups["actor"])) and any(changed(before["value"], groups["value"]))
     assert wm.optimizer.opt.iterations.numpy() == 1 and ac.actor_opt.opt.iterations.numpy() == 1

@@ -1,0 +1,79 @@
+"""One train step under --strategy default and under --strategy mirrored (2 logical CPU devices), from the same
+weights and the same global batch. Prints one JSON line: the largest weight change of the step and the largest
+difference between the two results. Run as a script: logical devices must be set before TensorFlow starts.
+
+    python tests/distributed_step.py LOGDIR [dreamer.py flags]
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf  # noqa: E402
+
+import dreamer  # noqa: E402
+import tools  # noqa: E402
+
+ACT_DIM, IMAGE = 2, (64, 64, 3)
+
+
+def build(flags, strategy, batch):
+    config = dreamer.parse_config(flags)
+    dataset = tf.data.Dataset.from_tensors(batch).repeat().map(lambda x: tools.preprocess(x, config))
+    return dreamer.Dreamer(config, None, dataset, IMAGE, ACT_DIM, 0, strategy)
+
+
+def weights(agent):
+    """Network weights, then the optimizers' moments and iteration counts."""
+    variables = agent.world_model.variables + agent.behavior.actor.weights + agent.behavior.value.weights
+    for opt in (agent.world_model.optimizer, agent.behavior.actor_opt, agent.behavior.value_opt):
+        variables += opt.opt.variables
+    return [np.array(v.numpy(), np.float64) for v in variables]
+
+
+def main():
+    logdir, flags = sys.argv[1], ["--logdir", sys.argv[1], *sys.argv[2:]]
+    mirrored_config = dreamer.parse_config([*flags, "--strategy", "mirrored", "--replicas", "2"])
+    mirrored = dreamer.setup(mirrored_config)  # Splits the CPU into 2 logical devices first.
+    assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
+    config = dreamer.parse_config(flags)
+    rng = np.random.default_rng(0)
+    B, T = config.batch_size, config.batch_length
+    batch = dict(
+        image=rng.integers(0, 256, (B, T, *IMAGE), dtype=np.uint8),
+        action=rng.uniform(-1, 1, (B, T, ACT_DIM)).astype(np.float32),
+        reward=rng.normal(size=(B, T)).astype(np.float32),
+        discount=np.ones((B, T), np.float32),
+    )
+    single = build(flags, None, batch)
+    single.save()  # The same initial weights for both.
+    before = weights(single)
+    metrics = single.train(next(single._dataset))
+    after = weights(single)
+    other = build([*flags, "--strategy", "mirrored", "--replicas", "2"], mirrored, batch)
+    other.load()
+    assert all(np.array_equal(a, b) for a, b in zip(weights(other), before)), "not the same initial weights"
+    data = next(other._dataset)
+    shapes = [x.shape[0] for x in mirrored.experimental_local_results(data["image"])]
+    other_metrics = other.train(data)
+    result = weights(other)
+    print(
+        json.dumps(
+            dict(
+                replica_batches=shapes,
+                change=max(float(np.max(np.abs(a - b))) for a, b in zip(after, before)),
+                difference=max(float(np.max(np.abs(a - b))) for a, b in zip(after, result)),
+                scale=max(float(np.max(np.abs(a))) for a in after),
+                metrics={k: float(v) for k, v in metrics.items()},
+                other_metrics={k: float(v) for k, v in other_metrics.items()},
+            )
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""--strategy: mirrored replicas give the update of the global batch, multi-worker runs stay in lockstep."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY, run_dreamer
+
+import dreamer
+
+SMALL = [*TINY, "--batch_size", "4"]
+
+
+def cluster_env(ports, index):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    return {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+
+
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        (None, "TF_CONFIG environment variable is not set"),
+        ("{'cluster': ", "not valid JSON"),
+        ('{"task": {"type": "worker", "index": 0}}', 'no "cluster"'),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}}', 'no "task"'),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}', "index 1 is unknown"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}', "type 'ps' is not a job"),
+        ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
+    ],
+)
+def test_bad_tf_config_is_refused(tf_config, message, monkeypatch, capsys, tmp_path):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(SystemExit) as exit:
+        dreamer.parse_config(["--logdir", str(tmp_path), *TINY, "--strategy", "multi_worker"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert 'TF_CONFIG=\'{"cluster"' in error  # Says what a good one looks like.
+    assert not list(tmp_path.iterdir())
+
+
+def test_global_batch_must_split_evenly(tmp_path):
+    result = run_dreamer(tmp_path / "run", *TINY, "--strategy", "mirrored", "--replicas", "2", check=False)
+    assert result.returncode != 0
+    assert "global batch of 3 does not split evenly across 2 replicas" in result.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_mirrored_step_equals_single_device_step(tmp_path):
+    """Global batch 4 on 2 logical CPU devices vs on one: the same update, with gradient clipping active
+    (the model's gradient norm is far above 1) and weight decay on."""
+    flags = [*SMALL, "--free_nats", "0", "--grad_clip", "1", "--weight_decay", "1e-4"]
+    command = [sys.executable, str(ROOT / "tests" / "distributed_step.py"), str(tmp_path), *flags]
+    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert output.returncode == 0, output.stderr[-3000:]
+    result = json.loads(output.stdout.strip().splitlines()[-1])
+    assert result["replica_batches"] == [2, 2]
+    assert result["metrics"]["model_grad_norm"] > 2  # Above --grad_clip 1: clipping shapes this step.
+    assert result["change"] > 1e-3  # The step moved the weights...
+    assert result["difference"] < 1e-5  # ...the same way on both.
+    for key in ("model_loss", "div", "actor_loss", "value_loss", "model_grad_norm"):
+        assert result["other_metrics"][key] == pytest.approx(result["metrics"][key], rel=1e-5)
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_cluster(logdir, cwd, *flags):
+    """Chief (worker 0) and worker 1 of --strategy multi_worker on loopback; returns both outputs."""
+    ports = free_ports(2)
+    command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), *flags]
+    command += ["--strategy", "multi_worker"]
+    cwd.mkdir(exist_ok=True)
+    worker = subprocess.Popen(
+        command, cwd=cwd, env=cluster_env(ports, 1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        chief = subprocess.run(
+            command, cwd=ROOT, env=cluster_env(ports, 0), capture_output=True, text=True, timeout=600
+        )
+        worker_out = worker.communicate(timeout=120)[0]
+    finally:
+        worker.kill()
+    assert chief.returncode == 0, chief.stdout[-3000:] + chief.stderr[-3000:]
+    assert worker.returncode == 0, worker_out[-3000:]
+    return chief.stdout + chief.stderr, worker_out
+
+
+def digest(output, who):
+    match = re.search(rf"{who}.*weights sha256 ([0-9a-f]+)", output)
+    assert match, output[-3000:]
+    return match.group(1)
+
+
+def test_multi_worker_trains_in_lockstep_and_only_the_chief_writes(tmp_path):
+    logdir, cwd = tmp_path / "shared" / "run", tmp_path / "worker_cwd"
+    chief, worker = run_cluster(logdir, cwd, *SMALL, "--steps", "800")
+    assert "Strategy multi_worker: 2 replicas" in chief
+    assert "the chief stopped after 5 train steps together" in worker  # Pretrain 3, then 2 at 600 steps.
+    assert digest(chief, "Chief") == digest(worker, "Worker")
+    assert "crashed" not in chief + worker  # They leave together.
+    # Only the chief wrote: one collector's episodes, one event file, each log step once.
+    assert len(list((logdir / "episodes").glob("*.npz"))) == 4
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    tests = [r["step"] for r in rows if "test/return" in r]
+    assert tests == sorted(set(tests))
+    assert not list(cwd.iterdir())
+    assert "Saved checkpoint" not in worker
+
+    # Restarted, the worker rejoins from the chief's latest checkpoint and they agree again.
+    chief, worker = run_cluster(logdir, cwd, *SMALL, "--steps", "1200")
+    assert f"Loaded checkpoint {logdir}/checkpoints/ckpt-800" in worker
+    assert "the chief stopped after 4 train steps together" in worker
+    assert digest(chief, "Chief") == digest(worker, "Worker")
+    assert len(list((logdir / "episodes").glob("*.npz"))) == 6
