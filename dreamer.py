@@ -1,8 +1,10 @@
 """Dreamer: learning behaviors by latent imagination (Hafner et al., 2019, arXiv:1912.01603)."""
 
 import argparse
+import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -27,7 +29,11 @@ if __name__ != "__mp_main__":
     import tools
 
     tfd = tfp.distributions
+    # How a collective op fails when another member of a multi-worker cluster is gone.
+    CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError)
+    CLUSTER_ERRORS += (tf.errors.AbortedError,)
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 ACTIVATIONS = ("elu", "relu", "swish", "silu", "gelu", "tanh", "leaky_relu", "selu", "sigmoid")
 
 
@@ -272,7 +278,7 @@ class Dreamer:
     """
 
     def __init__(self, config, logger, dataset, image_shape, act_dim, step, strategy=None):
-        self._c = c = config
+        self._c = config
         self._logger = logger
         self._act_dim = act_dim
         self.step = step
@@ -357,13 +363,16 @@ class Dreamer:
         c = self._c
         steps = c.pretrain if self.next_train.numpy() == 0 else c.train_steps
         print(f"Training for {steps} steps.", flush=True)
-        for _ in range(steps):
-            self.sync(True)
-            data = next(self._dataset)
-            metrics = self.train(data)
-            if c.log_scalars:
-                for name, value in metrics.items():
-                    self._logger.scalar(name, value)
+        with deferred_interrupts() as interrupted:
+            for _ in range(steps):
+                if interrupted():  # Between steps: a multi-worker chief never promises a step it does not take.
+                    break
+                self.sync(True)
+                data = next(self._dataset)
+                metrics = self.train(data)
+                if c.log_scalars:
+                    for name, value in metrics.items():
+                        self._logger.scalar(name, value)
         self.next_train.assign((self.step // c.train_every + 1) * c.train_every)
         if self.step >= self.next_log.numpy():
             self._logger.scalar("expl_amount", self.expl_amount())
@@ -383,6 +392,12 @@ class Dreamer:
             return more
         return bool(self._sync(tf.constant(int(more), tf.int32)).numpy() > 0)
 
+    def release(self):
+        """Chief: tell the other workers that no train step follows (once)."""
+        if not getattr(self, "_released", False):
+            self._released = True
+            self.sync(False)
+
     def serve(self):
         """The train loop of a non-chief worker: train steps in lockstep with the chief until it stops."""
         steps = 0
@@ -393,7 +408,7 @@ class Dreamer:
 
     def _train(self, data):
         # Stateless noise from the run's seed and the update count: the same samples on resume and for any
-        # number of replicas.
+        # number of replicas. (A float16 step skipped for non-finite gradients is retried with its noise.)
         updates = tf.cast(self.world_model.optimizer.opt.iterations, tf.int64)
         seed = tf.stack([tf.constant(self._c.seed, tf.int64), updates])
         metrics = self.strategy.run(self._train_replica, (data, seed))
@@ -538,6 +553,9 @@ def is_chief(strategy):
 
 
 def setup(config):
+    for gpu in tf.config.list_physical_devices("GPU"):  # Before the strategy starts the devices.
+        if config.gpu_growth:
+            tf.config.experimental.set_memory_growth(gpu, True)
     strategy = make_strategy(config)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -552,9 +570,6 @@ def setup(config):
             f"{config.batch_size // replicas} sequences each.",
             flush=True,
         )
-    for gpu in tf.config.list_physical_devices("GPU"):
-        if config.gpu_growth:
-            tf.config.experimental.set_memory_growth(gpu, True)
     if config.precision is None:
         gpu = bool(tf.config.list_physical_devices("GPU"))
         config.precision = "16" if gpu else "32"
@@ -601,18 +616,19 @@ def train(config, strategy=None):
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
-        except tf.errors.OpError as e:
-            if not agent.multi_worker:
-                raise
+        except CLUSTER_ERRORS as e:
             sys.exit(lost_cluster("the chief", e))
-        agent.sync(False)  # Multi-worker: the other workers stop too.
-        if agent.multi_worker:
-            print(f"Chief: stopped the other workers; {agent.digest()}.", flush=True)
     finally:
         for env in train_envs + test_envs:
             env.close()
         logger.close()
-    agent.sync(False)  # Multi-worker: exit together; a worker that exits first looks crashed to the chief.
+    if agent.multi_worker:
+        try:
+            agent.release()
+            print(f"Chief: stopped the other workers; {agent.digest()}.", flush=True)
+            agent.sync(False)  # Leave together: a worker that exits first looks crashed to the chief.
+        except CLUSTER_ERRORS as e:
+            sys.exit(lost_cluster("the chief", e))
 
 
 def serve(config, strategy):
@@ -622,24 +638,43 @@ def serve(config, strategy):
     resolver = strategy.cluster_resolver
     name = f"{resolver.task_type} {resolver.task_id}"
     print(f"Worker {name}: training with the chief on {datadir}.", flush=True)
-    while tools.count_steps(datadir, config.action_repeat) < max(config.prefill, 1):
-        time.sleep(1)  # The chief is still prefilling.
     # Its own sampling seed (the chief's is --seed), so that the workers train on different batches.
     seed = config.seed + 1000 * (1 + resolver.task_id)
     store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, seed)
-    dataset = tools.make_dataset(store, config)
-    example = store.sample(config.batch_length)
+    for waited in itertools.count():
+        store.update()
+        try:  # One episode is enough: the chief finishes its prefill before it builds the agent with us.
+            example = store.sample(config.batch_length)
+            break
+        except ValueError:
+            if waited % 60 == 0:
+                print(f"Worker {name}: waiting for the chief's first episode in {datadir}.", flush=True)
+            time.sleep(1)
     image_shape, act_dim = example["image"].shape[1:], example["action"].shape[-1]
-    agent = Dreamer(config, None, dataset, image_shape, act_dim, 0, strategy)
+    agent = Dreamer(config, None, tools.make_dataset(store, config), image_shape, act_dim, 0, strategy)
     agent.load()
     try:
         steps = agent.serve()
         print(f"Worker {name}: the chief stopped after {steps} train steps together; {agent.digest()}.", flush=True)
-        agent.sync(False)
-    except tf.errors.OpError as e:
+        agent.sync(False)  # Leave with the chief.
+    except CLUSTER_ERRORS as e:
         sys.exit(lost_cluster(f"worker {name}", e))
     except KeyboardInterrupt:
-        print(f"Worker {name}: interrupted; the chief and the other workers will stop too.", flush=True)
+        print(f"Worker {name}: interrupted; the chief and the other workers stop with an error.", flush=True)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Ctrl-C and SIGTERM inside the block take effect at its end; the block polls whether one came."""
+    received = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield lambda: bool(received)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def lost_cluster(who, error):
