@@ -617,6 +617,7 @@ def train(config, strategy=None):
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
         except CLUSTER_ERRORS as e:
+            agent.save()  # Local, no collectives: the weights so far, for the restarted cluster.
             sys.exit(lost_cluster("the chief", e))
     finally:
         for env in train_envs + test_envs:
