@@ -283,6 +283,7 @@ class Dreamer:
         self._act_dim = act_dim
         self.step = step
         self.strategy = strategy or tf.distribute.get_strategy()
+        self._released = False
         with self.strategy.scope():
             self._build(dataset, image_shape, act_dim)
 
@@ -394,7 +395,7 @@ class Dreamer:
 
     def release(self):
         """Chief: tell the other workers that no train step follows (once)."""
-        if not getattr(self, "_released", False):
+        if not self._released:
             self._released = True
             self.sync(False)
 
