@@ -130,7 +130,8 @@ CHOICES = dict(
 HELP = dict(
     logdir="run folder: episodes/, checkpoints/, metrics.jsonl, TensorBoard events; rerun to resume",
     precision="16 (mixed float16, GPUs), bf16 (mixed bfloat16) or 32; default: 16 where a GPU is visible, else 32 "
-    "(bf16 measured 1.6x slower than 32 on AVX512-BF16 CPUs without AMX; see README)",
+    "(bf16 measured 1.6x slower than 32 on AVX512-BF16 CPUs without AMX, and it did not learn the CPU learning "
+    "check; see README)",
     jit="compile the train step with XLA",
     strategy="default: one device; mirrored: the train step on all local GPUs (or --replicas of them); "
     "multi_worker: on several hosts, the cluster and this host's place in it from TF_CONFIG (see README)",
