@@ -142,3 +142,17 @@ def test_multi_worker_trains_in_lockstep_and_only_the_chief_writes(tmp_path):
     assert steps < 50
     assert digest(chief, "Chief") == digest(worker, "Worker")
     assert "crashed" not in chief + worker
+
+
+def test_mirrored_run_trains_and_resumes_on_one_device(tmp_path):
+    """A real mirrored run (2 logical CPUs) logs, writes open-loop videos and a checkpoint that a single-device
+    run resumes from."""
+    logdir = tmp_path / "run"
+    first = run_dreamer(logdir, *SMALL, "--steps", "800", "--strategy", "mirrored", "--replicas", "2").stdout
+    assert "Strategy mirrored: 2 replicas" in first and "2 sequences each" in first
+    assert (logdir / "checkpoints" / "ckpt-800.index").exists()
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert any("model_loss" in r for r in rows)
+    second = run_dreamer(logdir, *SMALL, "--steps", "1200").stdout
+    assert f"Loaded checkpoint {logdir}/checkpoints/ckpt-800" in second
+    assert (logdir / "checkpoints" / "ckpt-1200.index").exists()
