@@ -53,7 +53,7 @@ class RSSM(layers.Layer):
     def imagine(self, action, state=None):
         if state is None:
             state = self.initial(tf.shape(action)[0])
-        prior = tf.scan(lambda prev, act: self.img_step(prev, act), swap(action), state)
+        prior = tf.scan(self.img_step, swap(action), state)
         return tf.nest.map_structure(swap, prior)
 
     def get_feat(self, state):
