@@ -30,8 +30,12 @@ if __name__ != "__mp_main__":
 
     tfd = tfp.distributions
     # How a collective op fails when another member of a multi-worker cluster is gone.
-    CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError)
-    CLUSTER_ERRORS += (tf.errors.AbortedError,)
+    CLUSTER_ERRORS = (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.CancelledError,
+        tf.errors.AbortedError,
+    )
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 ACTIVATIONS = ("elu", "relu", "swish", "silu", "gelu", "tanh", "leaky_relu", "selu", "sigmoid")
