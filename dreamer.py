@@ -422,8 +422,8 @@ class Dreamer:
 
     def _train_replica(self, data, seed):
         model_seed, behavior_seed = tf.unstack(tf.random.split(seed))
-        post, metrics = self.world_model.train(data, model_seed)
-        metrics.update(self.behavior.train(post, self.world_model, behavior_seed))
+        behavior = lambda post: self.behavior.train(post, self.world_model, behavior_seed)
+        post, metrics = self.world_model.train(data, model_seed, behavior)
         feat = tf.stop_gradient(self.world_model.dynamics.get_feat(post))
         metrics["action_ent"] = tf.reduce_mean(self.behavior.actor(feat).entropy())
         return metrics

@@ -274,9 +274,13 @@ class WorldModel:
         metrics.update({f"{k}_loss": -v for k, v in likes.items()})
         return loss, post, metrics
 
-    def train(self, data, seed):
+    def train(self, data, seed, behavior=None):
+        """One update of the world model. `behavior(post)`, behaviour learning, runs before the update is
+        applied: as in the paper's code, every gradient of a train step is taken at the same weights."""
         with tf.GradientTape() as tape:
             loss, post, metrics = self.loss(data, seed)
+        if behavior:
+            metrics.update(behavior(post))
         metrics.update(self.optimizer(tape, loss))
         return post, metrics
 

@@ -208,6 +208,17 @@ def test_each_optimizer_changes_only_its_own_variables(agent):
     assert wm.optimizer.opt.iterations.numpy() == 1 and ac.actor_opt.opt.iterations.numpy() == 1
 
 
+def test_behavior_learns_at_the_world_models_weights_before_its_update(agent):
+    # The paper's code takes all three gradients of a step at the same weights; tf.function keeps this
+    # program order for every variable's reads and writes.
+    agent, dataset = agent
+    wm = agent.world_model
+    before, seen = snapshot(wm.variables), []
+    wm.train(next(iter(dataset)), SEED, lambda post: seen.append(snapshot(wm.variables)) or {"seen": 1.0})
+    assert len(seen) == 1 and not any(changed(seen[0], [tf.constant(b) for b in before]))
+    assert any(changed(before, wm.variables))
+
+
 def test_train_and_policy_trace_once(agent):
     agent, dataset = agent
     batches = iter(dataset)
