@@ -612,6 +612,14 @@ def train(config, strategy=None):
         print(f"Simulating agent for {config.steps - step} steps.", flush=True)
         state = None
         try:
+            # Evaluations fall every `eval_every` env steps from the end of the prefill, across resumes too:
+            # a run stopped between two evaluations first collects up to where the next one was due.
+            behind = 0 if prefill else -(step - config.prefill) % config.eval_every
+            if behind and step < config.steps:
+                print(f"Resumed between evaluations: collecting {behind} steps before the next one.", flush=True)
+                state = tools.simulate(agent, train_envs, behind // config.action_repeat, state=state)
+                step = tools.count_steps(datadir, config.action_repeat)
+                agent.save()
             while step < config.steps:
                 print("Start evaluation.", flush=True)
                 tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1)

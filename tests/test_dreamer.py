@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -338,6 +339,19 @@ def test_run_trains_checkpoints_and_resumes(trained_run):
     # 3 pretraining steps at 400, then 2 at 600, 800 (after the restart) and 1000: the count continued.
     assert iterations == 3 + 2 * 3
     assert tools.count_steps(logdir / "episodes", 2) >= 1200
+
+
+def test_run_stopped_between_evaluations_resumes_on_their_schedule(trained_run, tmp_path):
+    # A run killed at 1000 env steps (prefill 400, an evaluation every 400): the next evaluation is due at 1200.
+    logdir = tmp_path / "run"
+    shutil.copytree(trained_run[0], logdir)
+    newest = max((logdir / "episodes").glob("*.npz"))
+    assert tools.episode_length(newest) * 2 == 200
+    newest.unlink()
+    (logdir / "metrics.jsonl").write_text("")
+    output = run_dreamer(logdir, *TINY, "--steps", "1400").stdout
+    assert "collecting 200 steps before the next one" in output
+    assert [r["step"] for r in metrics(logdir) if "test/return" in r] == [1200]
 
 
 def test_resume_with_other_architecture_is_refused(trained_run, tmp_path):
