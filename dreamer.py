@@ -615,16 +615,15 @@ def train(config, strategy=None):
             # Evaluations fall every `eval_every` env steps from the end of the prefill, across resumes too:
             # a run stopped between two evaluations first collects up to where the next one was due.
             behind = 0 if prefill else -(step - config.prefill) % config.eval_every
-            if behind and step < config.steps:
+            if behind:
                 print(f"Resumed between evaluations: collecting {behind} steps before the next one.", flush=True)
-                state = tools.simulate(agent, train_envs, behind // config.action_repeat, state=state)
-                step = tools.count_steps(datadir, config.action_repeat)
-                agent.save()
             while step < config.steps:
-                print("Start evaluation.", flush=True)
-                tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1)
+                if not behind:
+                    print("Start evaluation.", flush=True)
+                    tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1)
                 print("Start collection.", flush=True)
-                state = tools.simulate(agent, train_envs, config.eval_every // config.action_repeat, state=state)
+                collect, behind = behind or config.eval_every, 0
+                state = tools.simulate(agent, train_envs, collect // config.action_repeat, state=state)
                 step = tools.count_steps(datadir, config.action_repeat)
                 agent.save()
         except KeyboardInterrupt:
