@@ -89,6 +89,7 @@ def define_config():
     c["value_lr"] = 8e-5
     c["actor_lr"] = 8e-5
     c["grad_clip"] = 100.0
+    c["adam_eps"] = 1e-4
     c["dataset_balance"] = False
     # Behavior.
     c["discount"] = 0.99
@@ -150,6 +151,8 @@ HELP = dict(
     task="dmc_<domain>_<task> (DeepMind Control) or atari_<game> (Atari)",
     eval_only="only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
     eval_episodes="test episodes of an --eval_only run",
+    adam_eps="Adam's epsilon for all three optimizers: 1e-4 as in the paper's TF1 code (google-research/dreamer); "
+    "its TF2 reimplementation (danijar/dreamer) leaves Keras' 1e-7",
 )
 
 
@@ -348,7 +351,9 @@ class Dreamer:
         self._manager = tf.train.CheckpointManager(self._checkpoint, c.logdir / "checkpoints", max_to_keep=2)
 
     def __call__(self, obs, reset, state=None, training=True):
-        if training and self.step >= self.next_train.numpy():
+        # A due burst runs before any action, test episodes' too: an evaluation at env step S sees every
+        # update due by S, as in the paper's code (and the first one, after the prefill, the pretraining).
+        if self._dataset is not None and self.step >= self.next_train.numpy():
             self._train_burst()
         if state is None:
             latent = self.world_model.dynamics.initial(len(reset))

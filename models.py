@@ -246,6 +246,7 @@ class WorldModel:
             "model",
             self.variables,
             c.model_lr,
+            eps=c.adam_eps,
             clip=c.grad_clip,
             wd=c.weight_decay,
             wd_pattern=c.weight_decay_pattern,
@@ -312,7 +313,13 @@ class ActorCritic:
         feat = tf.zeros((1, feat_size))
         self.actor(feat).mode()
         self.value(feat)
-        kw = dict(clip=c.grad_clip, wd=c.weight_decay, wd_pattern=c.weight_decay_pattern, precision=c.precision)
+        kw = dict(
+            eps=c.adam_eps,
+            clip=c.grad_clip,
+            wd=c.weight_decay,
+            wd_pattern=c.weight_decay_pattern,
+            precision=c.precision,
+        )
         self.actor_opt = tools.Optimizer("actor", self.actor.trainable_variables, c.actor_lr, **kw)
         self.value_opt = tools.Optimizer("value", self.value.trainable_variables, c.value_lr, **kw)
 

@@ -207,6 +207,7 @@ def test_each_optimizer_changes_only_its_own_variables(agent):
     assert not any(changed(before["model"], groups["model"]))  # The actor loss moves no world-model variable.
     assert any(changed(before["actor"], groups["actor"])) and any(changed(before["value"], groups["value"]))
     assert wm.optimizer.opt.iterations.numpy() == 1 and ac.actor_opt.opt.iterations.numpy() == 1
+    assert [o.opt.epsilon for o in (wm.optimizer, ac.actor_opt, ac.value_opt)] == [agent._c.adam_eps] * 3
 
 
 def test_behavior_learns_at_the_world_models_weights_before_its_update(agent):
@@ -313,7 +314,8 @@ def test_bad_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
 
 def test_flag_parsing(tmp_path):
     config = dreamer.parse_config(["--logdir", str(tmp_path), "--steps", "1e4", "--pcont", "True", "--free_nats", "2"])
-    assert config.steps == 10000 and config.pcont is True and config.free_nats == 2.0
+    assert config.steps == 10000 and config.pcont is True and config.free_nats == 2.0 and config.adam_eps == 1e-4
+    assert dreamer.parse_config(["--logdir", str(tmp_path), "--adam_eps", "1e-7"]).adam_eps == 1e-7
     config = dreamer.parse_config(["--logdir", str(tmp_path), "--task", "atari_pong"])
     assert config.action_dist == "onehot" and config.expl == "epsilon_greedy"
 
@@ -330,6 +332,9 @@ def test_run_trains_checkpoints_and_resumes(trained_run):
     assert "Prefill dataset" in first and "Prefill dataset" not in second
     assert "Loaded checkpoint" in second and "ckpt-800" in checkpoint
     assert "Training for 3 steps." in first and "Training for 3 steps." not in second  # Pretrain runs once.
+    # The burst due at an evaluation's env step runs before its test episode, as in the paper's code.
+    assert first.index("Start evaluation.") < first.index("Training for 3 steps.") < first.index("Test episode")
+    assert second.index("Start evaluation.") < second.index("Training for 2 steps.") < second.index("Test episode")
     rows = metrics(logdir)
     tests = [r["step"] for r in rows if "test/return" in r]
     assert len(tests) == 2 and tests == sorted(tests) and max(r["step"] for r in rows) >= 1200
