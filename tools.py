@@ -298,7 +298,7 @@ class Optimizer:
     update is that of the global batch whatever the number of replicas (Keras would clip each replica's own).
     """
 
-    def __init__(self, name, variables, lr, eps=1e-4, clip=None, wd=0.0, wd_pattern=r".*", precision=32):
+    def __init__(self, name, variables, lr, eps, clip=None, wd=0.0, wd_pattern=r".*", precision=32):
         self._name = name
         self._variables = variables
         self._clip = clip
