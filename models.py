@@ -14,6 +14,50 @@ def swap(x):
     return tf.experimental.numpy.swapaxes(x, 0, 1)
 
 
+def bias_add(x, bias):
+    """`x + bias`. Under mixed precision the bias gradient is summed in float32: TensorFlow's CPU kernel sums
+    a bfloat16 bias gradient in bfloat16, which stalls over a convolution's many outputs (the decoder's last
+    bias gradient came out 1000x too small), and a float16 sum stalls at 512."""
+    if x.dtype == tf.float32:
+        return x + bias
+    return _bias_add_f32_grad(x, tf.cast(bias, x.dtype))  # A tensor: the custom gradient sees no variable.
+
+
+@tf.custom_gradient
+def _bias_add_f32_grad(x, bias):
+    def grad(dy):
+        total = tf.reduce_sum(tf.reshape(tf.cast(dy, tf.float32), [-1, dy.shape[-1]]), 0)
+        return dy, tf.cast(total, bias.dtype)
+
+    return tf.nn.bias_add(x, bias), grad
+
+
+class Dense(layers.Dense):
+    """Keras' Dense, with bias_add() under mixed precision (float32 runs Keras' own code)."""
+
+    def call(self, x):
+        if self.compute_dtype == "float32":
+            return super().call(x)
+        return self.activation(bias_add(keras.ops.matmul(x, self.kernel), self.bias))
+
+
+class Conv2D(layers.Conv2D):
+    def call(self, x):
+        if self.compute_dtype == "float32":
+            return super().call(x)
+        return self.activation(bias_add(self.convolution_op(x, self.kernel), self.bias))
+
+
+class Conv2DTranspose(layers.Conv2DTranspose):
+    def call(self, x):
+        if self.compute_dtype == "float32":
+            return super().call(x)
+        x = keras.ops.conv_transpose(
+            x, self.kernel, list(self.strides), self.padding, self.output_padding, self.data_format, self.dilation_rate
+        )
+        return self.activation(bias_add(x, self.bias))
+
+
 class RSSM(layers.Layer):
     """Recurrent state-space model: deterministic GRU state plus diagonal Gaussian stochastic state."""
 
@@ -22,11 +66,11 @@ class RSSM(layers.Layer):
         self._stoch_size = stoch
         self._deter_size = deter
         self.cell = layers.GRUCell(deter)
-        self.img1 = layers.Dense(hidden, act)
-        self.img2 = layers.Dense(hidden, act)
-        self.img3 = layers.Dense(2 * stoch)
-        self.obs1 = layers.Dense(hidden, act)
-        self.obs2 = layers.Dense(2 * stoch)
+        self.img1 = Dense(hidden, act)
+        self.img2 = Dense(hidden, act)
+        self.img3 = Dense(2 * stoch)
+        self.obs1 = Dense(hidden, act)
+        self.obs2 = Dense(2 * stoch)
 
     def initial(self, batch_size):
         zeros = lambda size: tf.zeros([batch_size, size], self.compute_dtype)
@@ -94,7 +138,7 @@ class RSSM(layers.Layer):
 class ConvEncoder(layers.Layer):
     def __init__(self, depth=32, act="relu", **kwargs):
         super().__init__(**kwargs)
-        self.convs = [layers.Conv2D(2**i * depth, 4, strides=2, activation=act) for i in range(4)]
+        self.convs = [Conv2D(2**i * depth, 4, strides=2, activation=act) for i in range(4)]
 
     def call(self, image):
         x = tf.reshape(tf.cast(image, self.compute_dtype), [-1, *image.shape[-3:]])
@@ -109,12 +153,12 @@ class ConvDecoder(layers.Layer):
         super().__init__(**kwargs)
         self._depth = depth
         self._shape = tuple(shape)
-        self.dense = layers.Dense(32 * depth)
+        self.dense = Dense(32 * depth)
         self.deconvs = [
-            layers.Conv2DTranspose(4 * depth, 5, strides=2, activation=act),
-            layers.Conv2DTranspose(2 * depth, 5, strides=2, activation=act),
-            layers.Conv2DTranspose(1 * depth, 6, strides=2, activation=act),
-            layers.Conv2DTranspose(shape[-1], 6, strides=2),
+            Conv2DTranspose(4 * depth, 5, strides=2, activation=act),
+            Conv2DTranspose(2 * depth, 5, strides=2, activation=act),
+            Conv2DTranspose(1 * depth, 6, strides=2, activation=act),
+            Conv2DTranspose(shape[-1], 6, strides=2),
         ]
 
     def build(self, input_shape):
@@ -128,7 +172,7 @@ class ConvDecoder(layers.Layer):
         first = self.deconvs[0]
         kernel = tf.cast(first.kernel, self.compute_dtype)  # [5, 5, out, in]
         x = tf.matmul(x, tf.reshape(tf.transpose(kernel, [3, 0, 1, 2]), [32 * self._depth, -1]))
-        x = tf.reshape(x, [-1, *kernel.shape[:3]]) + tf.cast(first.bias, self.compute_dtype)
+        x = bias_add(tf.reshape(x, [-1, *kernel.shape[:3]]), tf.cast(first.bias, self.compute_dtype))
         x = first.activation(x)
         for deconv in self.deconvs[1:]:
             x = deconv(x)
@@ -141,8 +185,8 @@ class DenseDecoder(layers.Layer):
         super().__init__(**kwargs)
         self._shape = tuple(shape)
         self._dist = dist
-        self.hidden = [layers.Dense(units, act) for _ in range(num_layers)]
-        self.out = layers.Dense(int(np.prod(self._shape)))
+        self.hidden = [Dense(units, act) for _ in range(num_layers)]
+        self.out = Dense(int(np.prod(self._shape)))
 
     def call(self, features):
         x = tf.cast(features, self.compute_dtype)
@@ -176,8 +220,8 @@ class ActionDecoder(layers.Layer):
         self._min_std = min_std
         self._raw_init_std = np.log(np.exp(init_std) - 1)  # softplus^-1(init_std)
         self._mean_scale = mean_scale
-        self.hidden = [layers.Dense(units, act) for _ in range(num_layers)]
-        self.out = layers.Dense(2 * size if dist == "tanh_normal" else size)
+        self.hidden = [Dense(units, act) for _ in range(num_layers)]
+        self.out = Dense(2 * size if dist == "tanh_normal" else size)
 
     def call(self, features):
         params = self._params(features)

@@ -329,7 +329,11 @@ class Optimizer:
         # Keras sums the gradients over replicas once more; they are already the same on every replica.
         replicas = context.num_replicas_in_sync
         self.opt.apply([g / replicas for g in grads] if replicas > 1 else grads, self._variables)
-        return {f"{self._name}_grad_norm": norm}
+        metrics = {f"{self._name}_grad_norm": norm}
+        if self._scaled:  # So that float16 trouble can be read off TensorBoard: the scale falls, steps are skipped.
+            metrics[f"{self._name}_loss_scale"] = scale
+            metrics[f"{self._name}_skipped"] = 1.0 - tf.cast(tf.math.is_finite(norm), tf.float32)
+        return metrics
 
     def _apply_weight_decay(self, strategy):
         for var in self._variables:

@@ -259,6 +259,65 @@ def test_mixed_precision_train_step_is_finite(tmp_path, precision, dtype):
     assert all(np.isfinite(v.numpy()).all() for v in agent.world_model.variables + agent.behavior.actor.weights)
     scaled = isinstance(agent.world_model.optimizer.opt, keras.optimizers.LossScaleOptimizer)
     assert scaled == (precision == "16")
+    # float16 reports its loss scale and skipped steps, so that overflow can be read off TensorBoard.
+    logged = {f"{name}_{what}" for name in ("model", "actor", "value") for what in ("loss_scale", "skipped")}
+    assert logged <= set(metrics) if scaled else not logged & set(metrics)
+    if scaled:
+        assert metrics["model_loss_scale"].numpy() > 1 and metrics["model_skipped"].numpy() in (0, 1)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_bias_gradients_sum_in_float32(policy):
+    # TensorFlow's CPU BiasAddGrad sums bfloat16 in bfloat16: this bias gradient came out as about 128
+    # instead of 40 * 64 * 64 / 8 (and a float16 Sum stops at 512).
+    x = tf.random.stateless_uniform((40, 31, 31, 8), (0, 1))
+    grads = {}
+    for name in ("float32", policy):
+        keras.mixed_precision.set_global_policy(name)
+        try:
+            layer = models.Conv2DTranspose(3, 4, strides=2, kernel_initializer="zeros")
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.cast(layer(x), tf.float32)) / 8
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        grads[name] = tape.gradient(loss, layer.bias).numpy()
+    np.testing.assert_allclose(grads["float32"], 40 * 64 * 64 / 8)  # Below float16's largest, 65504.
+    np.testing.assert_allclose(grads[policy], grads["float32"], rtol=1e-2)
+
+
+def test_float32_train_step_computes_what_it_did(tmp_path):
+    # Weights in, weights out: metrics of the third of three train steps from seeded initial weights on a
+    # fixed batch, recorded before the mixed-precision changes of the layers (bit-identical on the AMD EPYC
+    # CPU they were recorded on; the tolerance allows other CPUs' float32 kernels).
+    flags = ["--logdir", str(tmp_path), "--task", "dmc_walker_walk", "--precision", "32", "--seed", "3"]
+    config = dreamer.parse_config(flags + TINY_MODEL.split())
+    dreamer.setup(config)
+    rng = np.random.RandomState(0)
+    batch = dict(
+        image=rng.randint(0, 255, (3, 8, 64, 64, 3)).astype(np.uint8),
+        action=rng.uniform(-1, 1, (3, 8, 2)).astype(np.float32),
+        reward=rng.normal(size=(3, 8)).astype(np.float32),
+        discount=np.ones((3, 8), np.float32),
+    )
+    data = tools.preprocess({k: tf.constant(v) for k, v in batch.items()}, config)
+    agent = dreamer.Dreamer(config, None, tf.data.Dataset.from_tensors(data), (64, 64, 3), 2, step=0)
+    for _ in range(3):
+        metrics = agent.train(data)
+    expected = {
+        "action_ent": -7.1753082275390625,
+        "actor_grad_norm": 0.254005491733551,
+        "actor_loss": -0.06714116036891937,
+        "div": 3.0,
+        "image_loss": 11803.2841796875,
+        "model_grad_norm": 6.968323230743408,
+        "model_loss": 11808.435546875,
+        "post_ent": 4.858892917633057,
+        "prior_ent": 4.925671100616455,
+        "reward_loss": 2.1518256664276123,
+        "value_grad_norm": 0.5274452567100525,
+        "value_loss": 1.1366175413131714,
+    }
+    assert {k: float(v) for k, v in metrics.items()} == pytest.approx(expected, rel=1e-4)
 
 
 def test_parameter_counts_for_walker_walk(tmp_path, capsys):

@@ -1,0 +1,161 @@
+"""Precision soak: the learning check's agent trained in several precisions side by side on the same data.
+
+Usage (from the repository root):
+
+    python benchmarks/precision.py                  # 1000 train steps, half width, precisions 32,bf16,16
+    python benchmarks/precision.py --quick          # tiny networks and 60 steps: about a minute
+    python benchmarks/precision.py --steps 3000 --every 250 --precisions 32,bf16
+
+One set of real episodes (dmc_cartpole_balance, random actions, --seed) is collected once into --episodes and
+reused by later runs. Every precision starts from the same initial weights (those of the float32 agent) and
+sees the same batches in the same order with the same latent and action noise (stateless, keyed by the seed
+and the update count), so any divergence comes from the precision alone. Every --every steps it prints,
+per metric, the mean over those steps for each precision side by side, and the relative deviation from
+float32. `imag_return` is the weighted mean λ-return of the imagined rollouts (minus the actor loss); for
+float16, `model_loss_scale` and `*_skipped` (the fraction of steps skipped for non-finite gradients).
+"""
+
+import argparse
+import functools
+import os
+import pathlib
+import platform
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import dreamer  # Imports TensorFlow: the environments run in worker processes.
+import tools
+import wrappers
+
+keras, tf = dreamer.keras, dreamer.tf
+
+# The learning check's widths (benchmarks/learning.sh).
+HALF = dict(cnn_depth=16, num_units=200, deter_size=100, stoch_size=30, batch_size=16, batch_length=50)
+TINY = dict(cnn_depth=4, num_units=16, deter_size=16, stoch_size=4, batch_size=4, batch_length=16)
+POLICIES = {"32": "float32", "16": "mixed_float16", "bf16": "mixed_bfloat16"}
+SHOWN = (
+    "image_loss",
+    "reward_loss",
+    "div",
+    "prior_ent",
+    "post_ent",
+    "model_grad_norm",
+    "actor_grad_norm",
+    "value_grad_norm",
+    "action_ent",
+    "imag_return",
+    "value_loss",
+    "model_loss_scale",
+    "model_skipped",
+    "actor_skipped",
+    "value_skipped",
+)
+
+
+def collect(directory, seed, episodes):
+    """Random-action episodes of dmc_cartpole_balance in a TensorFlow-free worker, saved once."""
+    if len(list(directory.glob("*.npz"))) >= episodes:
+        return
+    ctor = functools.partial(wrappers.make_env, "dmc_cartpole_balance", 2, 1000, seed=seed)
+    env = wrappers.Collect(wrappers.Async(ctor, "process"), [lambda e: tools.save_episodes(directory, [e])])
+    try:
+        agent = dreamer.random_agent(env.action_space, seed)
+        tools.simulate(agent, [env], episodes=episodes)
+    finally:
+        env.close()
+    print(f"Collected {episodes} episodes into {directory}.", flush=True)
+
+
+def build(config, precision, example, act_dim, weights=None):
+    config = tools.AttrDict(config, precision=precision)
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
+    dataset = tf.data.Dataset.from_tensors(example)
+    agent = dreamer.Dreamer(config, None, dataset, example["image"].shape[2:], act_dim, 0)
+    variables = agent.world_model.variables + agent.behavior.actor.weights + agent.behavior.value.weights
+    if weights is not None:
+        for variable, value in zip(variables, weights, strict=True):
+            variable.assign(value)
+    return agent, [v.numpy() for v in variables]
+
+
+def table(step, sums, count, precisions):
+    print(f"\nAfter {step} train steps (means over the last {count}):")
+    print(
+        f"{'metric':>18} "
+        + " ".join(f"{p:>12}" for p in precisions)
+        + "".join(f"{p + ' rel':>10}" for p in precisions[1:])
+    )
+    for name in SHOWN:
+        values = [sums[p].get(name) for p in precisions]
+        if all(v is None for v in values):
+            continue
+        cells = " ".join(f"{'-' if v is None else f'{v / count:.4g}':>12}" for v in values)
+        base = values[0]
+        rel = ""
+        for v in values[1:]:
+            ok = v is not None and base is not None and base != 0
+            rel += f"{f'{(v - base) / abs(base):+.1%}' if ok else '-':>10}"
+        print(f"{name:>18} {cells}{rel}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--precisions", default="32,bf16,16")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--episodes", type=pathlib.Path, default=ROOT / "logdir" / "precision-soak-episodes")
+    parser.add_argument("--num_episodes", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny networks, 60 steps, 3 episodes")
+    args = parser.parse_args()
+    sizes = TINY if args.quick else HALF
+    if args.quick:
+        args.steps, args.every, args.num_episodes = 60, 20, 3
+        args.episodes = args.episodes.with_name(args.episodes.name + "-quick")
+    precisions = args.precisions.split(",")
+    if precisions[0] != "32":
+        precisions = ["32"] + [p for p in precisions if p != "32"]
+    lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "?")
+    print(f"Machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}.")
+    print(f"Sizes: {sizes}; precisions {', '.join(precisions)}; {args.steps} steps.", flush=True)
+
+    collect(args.episodes, args.seed, args.num_episodes)
+    config = tools.AttrDict(dreamer.define_config())
+    config.update(sizes, seed=args.seed, log_images=False, logdir=pathlib.Path("/nonexistent"))
+    store = tools.EpisodeStore(args.episodes, seed=args.seed)
+    store.update()
+    batches = store.batches(config.batch_size, config.batch_length)
+    preprocess = lambda b: tools.preprocess({k: tf.constant(v) for k, v in b.items()}, config)
+    example = preprocess(next(batches))
+    act_dim = example["action"].shape[-1]
+    agents, weights = {}, None
+    for precision in precisions:
+        agents[precision], initial = build(config, precision, example, act_dim, weights)
+        weights = weights or initial
+
+    sums, count, start = {p: {} for p in precisions}, 0, time.time()
+    seconds = {p: 0.0 for p in precisions}
+    for step in range(1, args.steps + 1):
+        data = preprocess(next(batches))
+        for precision, agent in agents.items():
+            begin = time.time()
+            metrics = {k: float(v) for k, v in agent.train(data).items()}
+            seconds[precision] += time.time() - begin
+            metrics["imag_return"] = -metrics["actor_loss"]
+            for name, value in metrics.items():
+                sums[precision][name] = sums[precision].get(name, 0.0) + value
+        count += 1
+        if step % args.every == 0 or step == args.steps:
+            table(step, sums, count, precisions)
+            sums, count = {p: {} for p in precisions}, 0
+    times = ", ".join(f"{p} {seconds[p] / args.steps:.3f} s" for p in precisions)
+    print(f"\nMean train step (first call included): {times}; {time.time() - start:.0f} s in all.")
+
+
+if __name__ == "__main__":
+    main()
