@@ -135,7 +135,8 @@ CHOICES = dict(
 )
 
 HELP = dict(
-    logdir="run folder: episodes/, checkpoints/, metrics.jsonl, TensorBoard events; rerun to resume",
+    logdir="run folder: episodes/, checkpoints/, metrics.jsonl, TensorBoard events; rerun to resume (one training "
+    "run at a time: it holds <logdir>/lock)",
     precision="16 (mixed float16, GPUs), bf16 (mixed bfloat16) or 32; default: 16 where a GPU is visible, else 32 "
     "(bf16 measured 1.6x slower than 32 on AVX512-BF16 CPUs without AMX, and it did not learn the CPU learning "
     "check; see README)",
@@ -149,7 +150,9 @@ HELP = dict(
     "TensorFlow, which segfaults Mesa's EGL when both share a process; thread/none only for Atari or non-Mesa GL",
     replay_size="env steps of episodes kept in memory for sampling (oldest evicted, files stay on disk); "
     "2e6 at action repeat 2 is about 12 GiB of 64x64 frames",
-    steps="env steps (frames, action repeat included) to train for",
+    steps="env steps (frames, action repeat included) to train for: collection stops there, finishing the episode "
+    "under way, and the run evaluates once at the end",
+    prefill="random env steps before training; on until an episode of at least --batch_length steps is complete",
     task="dmc_<domain>_<task> (DeepMind Control) or atari_<game> (Atari)",
     eval_only="only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
     eval_episodes="test episodes of an --eval_only run",

@@ -225,9 +225,9 @@ class Atari:
         sticky_actions=True,
         seed=None,
     ):
+        env_id = atari_id(name)
         import gymnasium
 
-        env_id = atari_id(name)
         with self.LOCK:
             self._env = gymnasium.make(
                 env_id,
