@@ -76,7 +76,7 @@ def test_second_training_run_on_a_logdir_exits_2_and_the_lock_dies_with_the_firs
             time.sleep(0.5)
         assert f"pid {first.pid} on" in lock.read_text()
         config = (tmp_path / "config.json").read_text()
-        second = run_dreamer(tmp_path, *TINY, check=False)
+        second = run_dreamer(tmp_path, *TINY, "--steps", "400", check=False)
         assert second.returncode == 2 and f"is in use by a training run (pid {first.pid} on" in second.stdout
         assert first.poll() is None and f"pid {first.pid} on" in lock.read_text()
         assert (tmp_path / "config.json").read_text() == config and len(list(tmp_path.glob("events.*"))) == 1
