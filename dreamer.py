@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import fcntl
 import functools
 import hashlib
 import itertools
@@ -9,6 +10,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import sys
 import time
 
@@ -133,7 +135,8 @@ CHOICES = dict(
 )
 
 HELP = dict(
-    logdir="run folder: episodes/, checkpoints/, metrics.jsonl, TensorBoard events; rerun to resume",
+    logdir="run folder: episodes/, checkpoints/, metrics.jsonl, TensorBoard events; rerun to resume (one training "
+    "run at a time: it holds <logdir>/lock)",
     precision="16 (mixed float16, GPUs), bf16 (mixed bfloat16) or 32; default: 16 where a GPU is visible, else 32 "
     "(bf16 measured 1.6x slower than 32 on AVX512-BF16 CPUs without AMX, and it did not learn the CPU learning "
     "check; see README)",
@@ -147,7 +150,9 @@ HELP = dict(
     "TensorFlow, which segfaults Mesa's EGL when both share a process; thread/none only for Atari or non-Mesa GL",
     replay_size="env steps of episodes kept in memory for sampling (oldest evicted, files stay on disk); "
     "2e6 at action repeat 2 is about 12 GiB of 64x64 frames",
-    steps="env steps (frames, action repeat included) to train for",
+    steps="env steps (frames, action repeat included) to train for: collection stops there, finishing the episode "
+    "under way, and the run evaluates once at the end",
+    prefill="random env steps before training; on until an episode of at least --batch_length steps is complete",
     task="dmc_<domain>_<task> (DeepMind Control) or atari_<game> (Atari)",
     eval_only="only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
     eval_episodes="test episodes of an --eval_only run",
@@ -189,24 +194,28 @@ def parse_config(argv=None):
     parser = make_parser()
     config = tools.AttrDict(vars(parser.parse_args(argv)))
     suite = config.task.split("_", 1)[0]
-    if suite not in wrappers.SUITES or "_" not in config.task:
-        parser.error(f"argument --task: unknown task {config.task!r}; use dmc_<domain>_<task> or atari_<game>")
-    if suite == "dmc":
-        try:  # Imports dm_control without making a GL context: safe beside TensorFlow.
-            wrappers.dmc_task(config.task.split("_", 1)[1])
-        except ValueError as e:
-            parser.error(f"argument --task: {e}")
-        if config.parallel != "process" and os.environ.get("DREAMER_ALLOW_TF_RENDER") != "1":
-            parser.error(
-                f"argument --parallel: {config.parallel!r} would render MuJoCo inside the TensorFlow process, which "
-                "segfaults with Mesa's EGL; use --parallel process (or set DREAMER_ALLOW_TF_RENDER=1 for NVIDIA EGL)"
-            )
+    try:  # Looks names up without making a GL context: safe beside TensorFlow.
+        wrappers.check_task(config.task)
+    except ValueError as e:
+        parser.error(f"argument --task: {e}")
+    if suite == "dmc" and config.parallel != "process" and os.environ.get("DREAMER_ALLOW_TF_RENDER") != "1":
+        parser.error(
+            f"argument --parallel: {config.parallel!r} would render MuJoCo inside the TensorFlow process, which "
+            "segfaults with Mesa's EGL; use --parallel process (or set DREAMER_ALLOW_TF_RENDER=1 for NVIDIA EGL)"
+        )
     positive = ("steps", "envs", "action_repeat", "batch_size", "batch_length", "horizon", "cnn_depth", "num_units")
     for key in positive + ("deter_size", "stoch_size", "eval_every", "log_every", "train_every", "time_limit"):
         if config[key] <= 0:
             parser.error(f"argument --{key}: must be positive, got {config[key]}")
     if config.batch_length < 2 or (config.log_images and config.batch_length <= 5):
         parser.error("argument --batch_length: must be at least 2 (and above 5 with --log_images True)")
+    length = -(-config.time_limit // config.action_repeat) + 1  # Steps of a full episode, the reset one included.
+    if length < config.batch_length:
+        parser.error(
+            f"argument --batch_length: episodes of --time_limit {config.time_limit} at --action_repeat "
+            f"{config.action_repeat} have {length} steps, fewer than --batch_length {config.batch_length}; lower it "
+            "or raise --time_limit"
+        )
     if config.replicas < 0:
         parser.error(f"argument --replicas: must be 0 (all GPUs) or positive, got {config.replicas}")
     if config.strategy == "multi_worker" and not config.eval_only:
@@ -469,11 +478,30 @@ class Dreamer:
         path = self._manager.save(checkpoint_number=self.step)
         print(f"Saved checkpoint {path}.", flush=True)
 
-    def load(self):
-        """Restore the latest checkpoint, if any (read-only); returns its env step or None."""
-        path = tf.train.latest_checkpoint(self._c.logdir / "checkpoints")
-        if not path:
-            return None
+    def load(self, resume=False):
+        """Restore the newest checkpoint that reads back whole, if any; returns its env step or None.
+
+        Newer ones that do not (disk trouble, a copy interrupted half way) are reported and left on disk. With
+        `resume` the manager forgets them, so that its rotation keeps two intact checkpoints beside them.
+        """
+        directory = self._c.logdir / "checkpoints"
+        state = tf.train.get_checkpoint_state(directory)
+        paths, corrupt = list(state.all_model_checkpoint_paths) if state else [], []
+        for path in reversed(paths):
+            problem = unreadable(path)
+            if not problem:
+                break
+            print(f"Skipping corrupt checkpoint {path} ({problem}); it stays on disk.", flush=True)
+            corrupt.append(f"{path} ({problem})")
+        else:
+            if not paths:
+                return None
+            print(
+                f"error: no checkpoint in {directory} reads back whole: {'; '.join(corrupt)}. Restore them from a "
+                "copy, or move them away to start over, or use a new --logdir.",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         try:
             self._checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
@@ -483,6 +511,9 @@ class Dreamer:
                 file=sys.stderr,
             )
             sys.exit(2)
+        if resume:
+            for bad in paths[paths.index(path) + 1 :]:
+                getattr(self._manager, "_maybe_delete", {}).pop(bad, None)  # Its list of checkpoints to rotate.
         print(f"Loaded checkpoint {path}.", flush=True)
         return int(path.rsplit("-", 1)[-1])
 
@@ -492,6 +523,22 @@ class Dreamer:
         data = {k: np.stack([e[k][:length] for e in episodes[:6]]) for k in ("image", "action", "reward")}
         video = self._openl(tools.preprocess(data, self._c)).numpy()
         return (255 * video).astype(np.uint8)
+
+
+def unreadable(path):
+    """What is wrong with a checkpoint whose tensors do not all read back, or None: checked before restoring any."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as e:  # noqa: BLE001 (IndexError when truncated, DataLossError for a bad checksum, NotFoundError)
+        return one_line(e)
+    return None
+
+
+def one_line(error):
+    first = str(error).strip().split("\n")[0]
+    return f"{type(error).__name__}: {first[:200]}"
 
 
 def process_episode(config, logger, mode, datadir, episode):
@@ -506,24 +553,101 @@ def process_episode(config, logger, mode, datadir, episode):
     logger.log(step, scalars, videos)
 
 
-def make_envs(config, logger, datadir, mode, callbacks=None):
+def make_envs(config, mode):
+    """Start the environments of `mode` and read their spaces: one that cannot start stops the run here, with
+    its own message and before anything is written."""
     envs = []
-    for index in range(config.envs):
-        seed = config.seed + index + (10000 if mode == "test" else 0)
-        ctor = functools.partial(
-            wrappers.make_env,
-            config.task,
-            config.action_repeat,
-            config.time_limit,
-            seed=seed,
-            life_done=(mode == "train"),
-        )
-        env = wrappers.Async(ctor, config.parallel)
-        if callbacks is None:
-            callbacks = [functools.partial(process_episode, config, logger, mode, datadir)]
-        precision = 16 if config.precision == "16" else 32
-        envs.append(wrappers.Collect(env, callbacks, precision))
+    try:
+        for index in range(config.envs):
+            seed = config.seed + index + (10000 if mode == "test" else 0)
+            ctor = functools.partial(
+                wrappers.make_env,
+                config.task,
+                config.action_repeat,
+                config.time_limit,
+                seed=seed,
+                life_done=(mode == "train"),
+            )
+            envs.append(wrappers.Async(ctor, config.parallel))
+            envs[-1].obs_space, envs[-1].action_space  # Cached; the worker's ctor has run.
+    except Exception as e:  # noqa: BLE001 (whatever the environment raises)
+        for env in envs:
+            env.close()
+        # A worker sends its traceback: its last line is the environment's own message.
+        lines = str(e).strip().splitlines() or [""]
+        message = lines[-1] if isinstance(e, wrappers.WorkerError) else one_line(e)
+        print(f"error: the {mode} environment of --task {config.task} could not start: {message}", file=sys.stderr)
+        sys.exit(2)
     return envs
+
+
+def collect(config, envs, callbacks):
+    precision = 16 if config.precision == "16" else 32
+    return [wrappers.Collect(env, callbacks, precision) for env in envs]
+
+
+def lock_logdir(logdir):
+    """An OS lock on the logdir for as long as this process lives (the kernel drops it even on kill -9)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    lock = (logdir / "lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        print(
+            f"error: argument --logdir: {logdir} is in use by a training run ({holder}); wait for it to end or stop "
+            "it, or use another --logdir (--eval_only may run beside it)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    return lock
+
+
+def longest_episode(datadir):
+    """Steps of the longest episode on disk (the reset one included): the dataset samples chunks of batch_length."""
+    return max((tools.episode_length(f) + 1 for f in pathlib.Path(datadir).glob("*.npz")), default=0)
+
+
+def prefill(config, envs, datadir, steps):
+    """Random episodes for `steps` env steps, and on until one of at least batch_length steps is complete."""
+    print(f"Prefill dataset with {steps} steps.", flush=True)
+    agent = random_agent(envs[0].action_space, config.seed)
+    state = tools.simulate(agent, envs, steps=steps // config.action_repeat)
+    if longest_episode(datadir) < config.batch_length:
+        print(
+            f"Prefill continues until an episode of at least --batch_length {config.batch_length} steps is complete.",
+            flush=True,
+        )
+    for _ in range(100):
+        if longest_episode(datadir) >= config.batch_length:
+            return
+        state = tools.simulate(agent, envs, episodes=state[1] + 1, state=state)
+    print(
+        f"error: 100 prefill episodes and none has --batch_length {config.batch_length} steps; lower --batch_length",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
+def finish_episodes(agent, envs, state):
+    """Step on until the episodes under way end: only complete episodes are saved."""
+    unfinished = int((~state[2]).sum())
+    return tools.simulate(agent, envs, episodes=state[1] + unfinished, state=state) if unfinished else state
+
+
+def tested(logdir, step):
+    """Whether metrics.jsonl holds a test episode at env step `step`."""
+    path = logdir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            row = json.loads(line)
+            if isinstance(row, dict) and row.get("step") == step and "test/return" in row:
+                return True
+    return False
 
 
 def random_agent(action_space, seed):
@@ -595,42 +719,50 @@ def train(config, strategy=None):
     if strategy is not None and not is_chief(strategy):
         return serve(config, strategy)
     logdir, datadir = config.logdir, config.logdir / "episodes"
+    train_envs, test_envs = make_envs(config, "train"), make_envs(config, "test")
+    lock = lock_logdir(logdir)  # noqa: F841 (held until the process ends)
     step = tools.count_steps(datadir, config.action_repeat)
-    logdir.mkdir(parents=True, exist_ok=True)
     (logdir / "config.json").write_text(json.dumps({k: str(v) for k, v in config.items()}, indent=2))
     logger = tools.Logger(logdir, step)
-    train_envs = make_envs(config, logger, datadir, "train")
-    test_envs = make_envs(config, logger, datadir, "test")
+    episode = functools.partial(process_episode, config, logger)
+    train_envs = collect(config, train_envs, [functools.partial(episode, "train", datadir)])
+    test_envs = collect(config, test_envs, [functools.partial(episode, "test", datadir)])
     try:
         action_space = train_envs[0].action_space
         image_shape = train_envs[0].obs_space["image"].shape
-        prefill = max(0, config.prefill - step)
-        if prefill:
-            print(f"Prefill dataset with {prefill} steps.", flush=True)
-            agent = random_agent(action_space, config.seed)
-            tools.simulate(agent, train_envs, steps=prefill // config.action_repeat)
+        fill = max(0, min(config.prefill, config.steps) - step)  # --steps bounds the prefill too.
+        prefilled = bool(fill) or longest_episode(datadir) < config.batch_length
+        if prefilled:
+            prefill(config, train_envs, datadir, fill)
             step = tools.count_steps(datadir, config.action_repeat)
         store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
         dataset = tools.make_dataset(store, config)
         agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step, strategy)
-        agent.load()
-        print(f"Simulating agent for {config.steps - step} steps.", flush=True)
+        agent.load(resume=True)
         state = None
+
+        def evaluate_and_save():
+            print("Start evaluation.", flush=True)
+            tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1)
+            agent.save()
+
         try:
-            # Evaluations fall every `eval_every` env steps from the end of the prefill, across resumes too:
-            # a run stopped between two evaluations first collects up to where the next one was due.
-            behind = 0 if prefill else -(step - config.prefill) % config.eval_every
-            if behind:
+            # Evaluations fall every `eval_every` env steps from the end of the prefill, and at --steps. A resumed
+            # run first makes up one it was stopped in, and collects up to where the next one is due.
+            behind = -(step - config.prefill) % config.eval_every
+            if step >= config.steps:
+                print(f"Already {step} of --steps {config.steps} env steps: raise --steps to train on.", flush=True)
+            elif behind and not prefilled:
                 print(f"Resumed between evaluations: collecting {behind} steps before the next one.", flush=True)
-            while step < config.steps:
-                if not behind:
-                    print("Start evaluation.", flush=True)
-                    tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1)
+            if (prefilled or not behind or step >= config.steps) and not tested(logdir, step):
+                evaluate_and_save()
+            while agent.step < config.steps:
                 print("Start collection.", flush=True)
-                collect, behind = behind or config.eval_every, 0
-                state = tools.simulate(agent, train_envs, collect // config.action_repeat, state=state)
-                step = tools.count_steps(datadir, config.action_repeat)
-                agent.save()
+                collect_steps, behind = min(behind or config.eval_every, config.steps - agent.step), 0
+                state = tools.simulate(agent, train_envs, -(-collect_steps // config.action_repeat), state=state)
+                if agent.step >= config.steps:  # The last chunk: at most one episode past --steps.
+                    state = finish_episodes(agent, train_envs, state)
+                evaluate_and_save()
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
@@ -706,7 +838,7 @@ def lost_cluster(who, error):
 def evaluate(config):
     """Test episodes of the latest checkpoint; writes only eval.jsonl and eval/, never the training state."""
     episodes = []
-    envs = make_envs(config, None, None, "test", callbacks=[episodes.append])
+    envs = collect(config, make_envs(config, "test"), [episodes.append])
     try:
         action_space = envs[0].action_space
         image_shape = envs[0].obs_space["image"].shape

@@ -2,6 +2,7 @@ import atexit
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import sys
 import threading
@@ -36,8 +37,26 @@ DMC_TASKS = [
 ]
 
 
-# Task prefixes that make_env knows; add yours here and a branch in make_env.
+# Task prefixes that make_env knows; add yours here, a branch in make_env and a check in check_task.
 SUITES = ("dmc", "atari")
+
+
+def check_task(task):
+    """Raise ValueError saying what is wrong with a task name and how to fix it; renders nothing, makes no GL context."""
+    suite, _, name = task.partition("_")
+    if suite not in SUITES or not name:
+        prefixes = ", ".join(f"{s}_" for s in SUITES)
+        raise ValueError(
+            f"Unknown task {task!r}; use dmc_<domain>_<task> (e.g. dmc_walker_walk) or atari_<game> (e.g. "
+            f"atari_pong); valid prefixes: {prefixes}"
+        )
+    try:
+        if suite == "dmc":
+            dmc_task(name)
+        elif suite == "atari":
+            atari_id(name)
+    except RuntimeError as e:  # A missing or broken optional dependency.
+        raise ValueError(str(e)) from None
 
 
 def make_env(
@@ -105,6 +124,29 @@ def dmc_task(name):
     raise ValueError(
         f"Unknown DMC task '{name}': this domain/task is not in dm_control's suite. "
         f"Valid tasks (prefix them with dmc_): {valid}."
+    )
+
+
+def atari_id(name):
+    """The gymnasium id of atari_<name>, e.g. ALE/MontezumaRevenge-v5 for montezuma_revenge."""
+    try:
+        import ale_py
+        import gymnasium
+    except ImportError as e:
+        raise RuntimeError(f"Atari needs `pip install gymnasium ale-py` (see requirements.txt): {e}") from None
+    gymnasium.register_envs(ale_py)
+    game = "".join(word.title() for word in name.split("_"))
+    if f"ALE/{game}-v5" in gymnasium.registry:
+        return f"ALE/{game}-v5"
+    games = [k[4:-3] for k in gymnasium.registry if k.startswith("ALE/") and k.endswith("-v5") and "-" not in k[4:-3]]
+    if not games:
+        raise RuntimeError(
+            f"ale-py {ale_py.__version__} registers no Atari games: install ale-py 0.9 or newer, which ships the ROMs "
+            "(`pip install -U ale-py`)"
+        )
+    known = ", ".join(re.sub(r"(?<!^)(?=[A-Z])", "_", g).lower() for g in sorted(games))
+    raise ValueError(
+        f"Unknown Atari game {name!r} (no ALE/{game}-v5 in ale-py); known games (as atari_<game>): {known}"
     )
 
 
@@ -183,18 +225,12 @@ class Atari:
         sticky_actions=True,
         seed=None,
     ):
-        try:
-            import ale_py
-            import gymnasium
-        except ImportError as e:
-            raise RuntimeError(f"Atari needs `pip install gymnasium ale-py` (see requirements.txt): {e}") from None
-        gymnasium.register_envs(ale_py)
-        game = "".join(word.title() for word in name.split("_"))
-        if f"ALE/{game}-v5" not in gymnasium.registry:
-            raise ValueError(f"Unknown Atari game '{name}' (no ALE/{game}-v5 in ale-py).")
+        env_id = atari_id(name)
+        import gymnasium
+
         with self.LOCK:
             self._env = gymnasium.make(
-                f"ALE/{game}-v5",
+                env_id,
                 frameskip=1,
                 repeat_action_probability=0.25 if sticky_actions else 0.0,
                 full_action_space=False,

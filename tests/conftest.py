@@ -17,10 +17,10 @@ TINY = (
 ).split()
 
 
-def run_dreamer(logdir, *flags, check=True):
+def run_dreamer(logdir, *flags, check=True, env=None):
     """`python dreamer.py` in a fresh process; returns the CompletedProcess with stdout and stderr together."""
     command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), *flags]
-    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"dreamer.py exited with {result.returncode}:\n{result.stdout[-5000:]}")
     return result
@@ -28,7 +28,8 @@ def run_dreamer(logdir, *flags, check=True):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A tiny real training run of 800 env steps, then resumed to 1200: (logdir, first output, second output)."""
+    """A tiny real training run of 800 env steps, then resumed to 1200: (logdir, first output, second output,
+    the checkpoint state after the first)."""
     logdir = tmp_path_factory.mktemp("run") / "dmc_cartpole_balance" / "dreamer" / "0"
     first = run_dreamer(logdir, *TINY, "--steps", "800").stdout
     checkpoint = (logdir / "checkpoints" / "checkpoint").read_text()

@@ -126,7 +126,7 @@ def test_multi_worker_trains_in_lockstep_and_only_the_chief_writes(tmp_path):
     logdir, cwd = tmp_path / "shared" / "run", tmp_path / "worker_cwd"
     chief, worker = run_cluster(logdir, cwd, *SMALL, "--steps", "800")
     assert "Strategy multi_worker: 2 replicas" in chief
-    assert "the chief stopped after 5 train steps together" in worker  # Pretrain 3, then 2 at 600 steps.
+    assert "the chief stopped after 7 train steps together" in worker  # Pretrain 3, then 2 at 600 and 800 steps.
     assert digest(chief, "Chief") == digest(worker, "Worker")
     assert not crashed(chief, worker)  # They leave together.
     # Only the chief wrote: one collector's episodes, one event file, each log step once.

@@ -1,0 +1,96 @@
+"""Bad input and faults end in a message (exit 2) or are worked around: never a traceback, never lost work.
+(Bad task names: test_bad_flags_exit_2_before_writing in test_dreamer.py.)"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import tensorflow as tf
+from conftest import ROOT, TINY, run_dreamer
+
+import tools
+
+
+def evaluated_steps(logdir):
+    return [
+        r["step"] for r in map(json.loads, (logdir / "metrics.jsonl").read_text().splitlines()) if "test/return" in r
+    ]
+
+
+def test_prefill_shorter_than_an_episode_runs_to_its_end(tmp_path):
+    # Episodes of 20 agent steps, a prefill of 10: the first episode ends after it.
+    result = run_dreamer(tmp_path, *TINY, "--time_limit", "40", "--prefill", "20", "--steps", "40")
+    assert "Prefill continues until an episode of at least --batch_length 8 steps is complete." in result.stdout
+    assert [tools.episode_length(f) for f in (tmp_path / "episodes").glob("*.npz")] == [20]
+    assert evaluated_steps(tmp_path) == [40] and (tmp_path / "checkpoints" / "ckpt-40.index").exists()
+
+
+def test_steps_is_the_limit_and_the_last_evaluation_falls_there(tmp_path):
+    flags = [*TINY, "--steps", "500", "--eval_every", "800"]
+    run_dreamer(tmp_path, *flags)
+    # The episode under way at 500 env steps ends at 600: at most one episode past --steps.
+    assert tools.count_steps(tmp_path / "episodes", 2) == 600
+    assert evaluated_steps(tmp_path) == [400, 600]
+    checkpoints = sorted(os.listdir(tmp_path / "checkpoints"))
+    again = run_dreamer(tmp_path, *flags).stdout
+    assert "Already 600 of --steps 500 env steps" in again and "Start evaluation" not in again
+    assert evaluated_steps(tmp_path) == [400, 600] and sorted(os.listdir(tmp_path / "checkpoints")) == checkpoints
+
+
+def test_corrupt_checkpoint_is_skipped_and_kept(trained_run, tmp_path):
+    logdir = tmp_path / "run"
+    shutil.copytree(trained_run[0], logdir)
+    directory = logdir / "checkpoints"
+    newest = directory / "ckpt-1200.data-00000-of-00001"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # A copy interrupted half way.
+    corrupt = newest.read_bytes()
+    output = run_dreamer(logdir, *TINY, "--steps", "1400").stdout
+    assert f"Skipping corrupt checkpoint {directory}/ckpt-1200 (IndexError: Read less bytes" in output
+    assert f"Loaded checkpoint {directory}/ckpt-800." in output and "Training for 2 steps." in output
+    assert evaluated_steps(logdir) == [400, 800, 1200, 1400]
+    assert newest.read_bytes() == corrupt  # Left as it was, and out of the rotation that keeps two intact ones.
+    state = tf.train.get_checkpoint_state(directory).all_model_checkpoint_paths
+    assert [p.rsplit("/", 1)[1] for p in state] == ["ckpt-800", "ckpt-1400"]
+    # None of them reads back: --eval_only (as training) exits 2 naming them.
+    for path in directory.glob("ckpt-*.data-*"):
+        path.write_bytes(b"")
+    result = run_dreamer(logdir, *TINY, "--eval_only", "True", check=False)
+    assert result.returncode == 2 and f"error: no checkpoint in {directory} reads back whole" in result.stdout
+    assert "ckpt-800 (" in result.stdout and "ckpt-1400 (" in result.stdout and "Traceback" not in result.stdout
+    assert not (logdir / "eval.jsonl").exists()
+
+
+def test_second_training_run_on_a_logdir_exits_2_and_the_lock_dies_with_the_first(tmp_path):
+    command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(tmp_path), *TINY, "--steps", "1e6"]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        lock = tmp_path / "lock"
+        for _ in range(600):  # Until it holds the lock and has written its config and event file.
+            assert first.poll() is None
+            if list(tmp_path.glob("events.*")):
+                break
+            time.sleep(0.5)
+        assert f"pid {first.pid} on" in lock.read_text()
+        config = (tmp_path / "config.json").read_text()
+        second = run_dreamer(tmp_path, *TINY, "--steps", "400", check=False)
+        assert second.returncode == 2 and f"is in use by a training run (pid {first.pid} on" in second.stdout
+        assert first.poll() is None and f"pid {first.pid} on" in lock.read_text()
+        assert (tmp_path / "config.json").read_text() == config and len(list(tmp_path.glob("events.*"))) == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    run_dreamer(tmp_path, *TINY, "--steps", "200", "--prefill", "200")  # The OS dropped the lock.
+
+
+def test_environment_that_cannot_start_exits_2_in_one_paragraph(tmp_path):
+    result = run_dreamer(tmp_path / "run", *TINY, check=False, env={**os.environ, "MUJOCO_GL": "nonsense"})
+    assert result.returncode == 2 and "Traceback" not in result.stdout
+    assert (
+        "error: the train environment of --task dmc_cartpole_balance could not start: RuntimeError: Could not set up "
+        "MuJoCo rendering with MUJOCO_GL='nonsense'" in result.stdout
+    )
+    assert not (tmp_path / "run").exists()
