@@ -58,6 +58,8 @@ def define_config():
     c["replicas"] = 0
     # Environment.
     c["task"] = "dmc_walker_walk"
+    c["env_module"] = ""
+    c["env_kwargs"] = "{}"
     c["envs"] = 1
     c["parallel"] = "process"
     c["action_repeat"] = 2
@@ -148,7 +150,12 @@ HELP = dict(
     replay_size="env steps of episodes kept in memory for sampling (oldest evicted, files stay on disk); "
     "2e6 at action repeat 2 is about 12 GiB of 64x64 frames",
     steps="env steps (frames, action repeat included) to train for",
-    task="dmc_<domain>_<task> (DeepMind Control) or atari_<game> (Atari)",
+    task="dmc_<domain>_<task> (DeepMind Control), atari_<game> (Atari) or gym_<EnvId> (any Gymnasium id, e.g. "
+    "gym_CarRacing-v3; see --env_module)",
+    env_module="gym_ tasks: modules to import (comma-separated) before making the environment, e.g. the one that "
+    "registers your id with gymnasium.register; importable from the working directory",
+    env_kwargs="gym_ tasks: keyword arguments for gymnasium.make as a JSON object, e.g. "
+    """'{"render_mode": "rgb_array"}' (then the frames come from render())""",
     eval_only="only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
     eval_episodes="test episodes of an --eval_only run",
     adam_eps="Adam's epsilon for all three optimizers: 1e-4 as in the paper's TF1 code (google-research/dreamer); "
@@ -190,7 +197,16 @@ def parse_config(argv=None):
     config = tools.AttrDict(vars(parser.parse_args(argv)))
     suite = config.task.split("_", 1)[0]
     if suite not in wrappers.SUITES or "_" not in config.task:
-        parser.error(f"argument --task: unknown task {config.task!r}; use dmc_<domain>_<task> or atari_<game>")
+        parser.error(
+            f"argument --task: unknown task {config.task!r}; use dmc_<domain>_<task>, atari_<game> or gym_<EnvId>"
+        )
+    if suite == "gym":
+        try:  # Imports the modules and looks up the id; the environment is only made in the workers.
+            wrappers.gym_check(config.task.split("_", 1)[1], config.env_module, config.env_kwargs)
+        except ValueError as e:
+            parser.error(str(e))
+    elif config.env_module or config.env_kwargs != "{}":
+        parser.error("argument --env_module/--env_kwargs: only gym_<EnvId> tasks take them")
     if suite == "dmc":
         try:  # Imports dm_control without making a GL context: safe beside TensorFlow.
             wrappers.dmc_task(config.task.split("_", 1)[1])
@@ -223,12 +239,10 @@ def parse_config(argv=None):
         if config.expl == "additive_gaussian":
             print("Atari has discrete actions: using --expl epsilon_greedy instead of additive_gaussian.")
             config.expl = "epsilon_greedy"
-    mismatch = config_mismatch(config)
-    if mismatch:
-        parser.error(
-            f"argument --logdir: {config.logdir} holds a run trained with {mismatch}; pass the same values to "
-            "resume or evaluate it, or use a new --logdir"
-        )
+    # A gym_ task's action_dist is only known once its environment is made (see discrete_actions).
+    problem = mismatch_problem(config, skip=("action_dist",) if suite == "gym" else ())
+    if problem:
+        parser.error(problem)
     return config
 
 
@@ -265,7 +279,7 @@ def tf_config_problem(text):
     return None
 
 
-def config_mismatch(config):
+def config_mismatch(config, skip=()):
     """Architecture flags that differ from those of the run already in config.logdir, as text."""
     path = config.logdir.expanduser() / "config.json"
     if not path.exists():
@@ -274,8 +288,18 @@ def config_mismatch(config):
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
         return ""
-    differ = [k for k in ARCHITECTURE if k in saved and saved[k] != str(config[k])]
+    differ = [k for k in ARCHITECTURE if k in saved and k not in skip and saved[k] != str(config[k])]
     return ", ".join(f"--{k} {saved[k]} (not {config[k]})" for k in differ)
+
+
+def mismatch_problem(config, skip=()):
+    mismatch = config_mismatch(config, skip)
+    if mismatch:
+        return (
+            f"argument --logdir: {config.logdir} holds a run trained with {mismatch}; pass the same values to "
+            "resume or evaluate it, or use a new --logdir"
+        )
+    return ""
 
 
 class Dreamer:
@@ -506,24 +530,52 @@ def process_episode(config, logger, mode, datadir, episode):
     logger.log(step, scalars, videos)
 
 
-def make_envs(config, logger, datadir, mode, callbacks=None):
-    envs = []
-    for index in range(config.envs):
-        seed = config.seed + index + (10000 if mode == "test" else 0)
-        ctor = functools.partial(
-            wrappers.make_env,
-            config.task,
-            config.action_repeat,
-            config.time_limit,
-            seed=seed,
-            life_done=(mode == "train"),
-        )
-        env = wrappers.Async(ctor, config.parallel)
-        if callbacks is None:
-            callbacks = [functools.partial(process_episode, config, logger, mode, datadir)]
-        precision = 16 if config.precision == "16" else 32
-        envs.append(wrappers.Collect(env, callbacks, precision))
+def make_envs(config, mode, callbacks):
+    """The environments of `mode` in their workers; one that cannot be made as the flags ask exits 2."""
+    modules, kwargs = wrappers.gym_modules(config.env_module), wrappers.gym_kwargs(config.env_kwargs)
+    precision = 16 if config.precision == "16" else 32
+    try:
+        envs = []
+        for index in range(config.envs):
+            seed = config.seed + index + (10000 if mode == "test" else 0)
+            ctor = functools.partial(
+                wrappers.make_env,
+                config.task,
+                config.action_repeat,
+                config.time_limit,
+                seed=seed,
+                life_done=(mode == "train"),
+                env_modules=modules,
+                env_kwargs=kwargs,
+            )
+            envs.append(wrappers.Collect(wrappers.Async(ctor, config.parallel), callbacks, precision))
+        envs[0].access("action_space")  # A worker reports an environment that it could not make at the first request.
+    except wrappers.EnvError as e:
+        exit_2(e)
     return envs
+
+
+def discrete_actions(config, action_space):
+    """A gym_ task learns that its actions are discrete from its environment: then, as for Atari (see
+    parse_config), the actor is onehot and exploration epsilon_greedy; its logdir is checked with them."""
+    if not config.task.startswith("gym_"):
+        return
+    if isinstance(action_space, wrappers.OneHotBox):
+        if config.action_dist != "onehot":
+            print(f"{config.task} has discrete actions: using --action_dist onehot instead of {config.action_dist}.")
+            config.action_dist = "onehot"
+        if config.expl == "additive_gaussian":
+            print(f"{config.task} has discrete actions: using --expl epsilon_greedy instead of additive_gaussian.")
+            config.expl = "epsilon_greedy"
+    problem = mismatch_problem(config)
+    if problem:
+        exit_2(problem)
+
+
+def exit_2(message):
+    """Bad input found after parse_config (e.g. by an environment worker): exit as parser.error does."""
+    print(f"{sys.argv[0]}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def random_agent(action_space, seed):
@@ -596,11 +648,13 @@ def train(config, strategy=None):
         return serve(config, strategy)
     logdir, datadir = config.logdir, config.logdir / "episodes"
     step = tools.count_steps(datadir, config.action_repeat)
+    # The environments first, so that one that cannot be made writes nothing; episodes find the logger made below.
+    log = lambda mode: [lambda episode: process_episode(config, logger, mode, datadir, episode)]
+    train_envs, test_envs = make_envs(config, "train", log("train")), make_envs(config, "test", log("test"))
+    discrete_actions(config, train_envs[0].action_space)
     logdir.mkdir(parents=True, exist_ok=True)
     (logdir / "config.json").write_text(json.dumps({k: str(v) for k, v in config.items()}, indent=2))
     logger = tools.Logger(logdir, step)
-    train_envs = make_envs(config, logger, datadir, "train")
-    test_envs = make_envs(config, logger, datadir, "test")
     try:
         action_space = train_envs[0].action_space
         image_shape = train_envs[0].obs_space["image"].shape
@@ -670,6 +724,9 @@ def serve(config, strategy):
                 print(f"Worker {name}: waiting for the chief's first episode in {datadir}.", flush=True)
             time.sleep(1)
     image_shape, act_dim = example["image"].shape[1:], example["action"].shape[-1]
+    if config.task.startswith("gym_"):  # The chief learned them from the environment (see discrete_actions).
+        saved = json.loads((config.logdir / "config.json").read_text())
+        config.action_dist, config.expl = saved["action_dist"], saved["expl"]
     agent = Dreamer(config, None, tools.make_dataset(store, config), image_shape, act_dim, 0, strategy)
     agent.load()
     try:
@@ -706,7 +763,8 @@ def lost_cluster(who, error):
 def evaluate(config):
     """Test episodes of the latest checkpoint; writes only eval.jsonl and eval/, never the training state."""
     episodes = []
-    envs = make_envs(config, None, None, "test", callbacks=[episodes.append])
+    envs = make_envs(config, "test", [episodes.append])
+    discrete_actions(config, envs[0].action_space)
     try:
         action_space = envs[0].action_space
         image_shape = envs[0].obs_space["image"].shape
