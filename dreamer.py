@@ -151,7 +151,7 @@ HELP = dict(
     "2e6 at action repeat 2 is about 12 GiB of 64x64 frames",
     steps="env steps (frames, action repeat included) to train for",
     task="dmc_<domain>_<task> (DeepMind Control), atari_<game> (Atari) or gym_<EnvId> (any Gymnasium id, e.g. "
-    "gym_CarRacing-v3; see --env_module)",
+    "gym_CartPole-v1; see --env_module)",
     env_module="gym_ tasks: modules to import (comma-separated) before making the environment, e.g. the one that "
     "registers your id with gymnasium.register; importable from the working directory",
     env_kwargs="gym_ tasks: keyword arguments for gymnasium.make as a JSON object, e.g. "

@@ -71,7 +71,7 @@ def make_env(
     else:
         raise ValueError(
             f"Unknown task '{task}': expected 'dmc_<domain>_<task>' (e.g. dmc_walker_walk), "
-            "'atari_<game>' (e.g. atari_pong) or 'gym_<EnvId>' (e.g. gym_CarRacing-v3); "
+            "'atari_<game>' (e.g. atari_pong) or 'gym_<EnvId>' (e.g. gym_CartPole-v1); "
             "valid prefixes are dmc_, atari_ and gym_."
         )
     return TimeLimit(env, time_limit / action_repeat)
