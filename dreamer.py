@@ -574,7 +574,7 @@ def discrete_actions(config, action_space):
 
 def exit_2(message):
     """Bad input found after parse_config (e.g. by an environment worker): exit as parser.error does."""
-    print(f"{sys.argv[0]}: error: {message}", file=sys.stderr)
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 

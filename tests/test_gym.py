@@ -92,7 +92,20 @@ def test_discrete_run_resumes_and_evaluates(discrete_run):
 
 def test_terminations_end_with_discount_zero(tmp_path):
     flags = ["--task", "gym_Terminating-v0", "--env_module", "gym_envs", "--env_kwargs", '{"speed": 0.08}']
-    run_gym(tmp_path, *flags, "--action_repeat", "1", "--pcont", "True", "--steps", "120")
+    run_gym(
+        tmp_path,
+        *flags,
+        "--action_repeat",
+        "1",
+        "--pcont",
+        "True",
+        "--prefill",
+        "60",
+        "--eval_every",
+        "40",
+        "--steps",
+        "100",
+    )
     assert scores(tmp_path)
     ended = 0
     for episode in episodes(tmp_path):
@@ -138,14 +151,14 @@ def test_bad_gym_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
     assert not logdir.exists()
 
 
-def test_environment_without_image_exits_2_before_writing(tmp_path):
+def test_environment_without_image_exits_2_before_writing(tmp_path, capsys):
     logdir = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), "--task", "gym_NoImage-v0"]
-    result = subprocess.run(
-        [*command, "--env_module", "gym_envs"], check=False, cwd=TESTS, capture_output=True, text=True
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "gym_NoImage-v0 offers no image to learn from" in result.stderr and "render() returned None" in result.stderr
+    config = dreamer.parse_config(["--logdir", str(logdir), "--task", "gym_NoImage-v0", "--env_module", "gym_envs"])
+    with pytest.raises(SystemExit) as error:
+        dreamer.train(config)  # Its workers make the environment and find no image.
+    err = capsys.readouterr().err
+    assert error.value.code == 2 and "Traceback" not in err
+    assert "gym_NoImage-v0 offers no image to learn from" in err and "render() returned None" in err
     assert not logdir.exists()
 
 
