@@ -92,20 +92,8 @@ def test_discrete_run_resumes_and_evaluates(discrete_run):
 
 def test_terminations_end_with_discount_zero(tmp_path):
     flags = ["--task", "gym_Terminating-v0", "--env_module", "gym_envs", "--env_kwargs", '{"speed": 0.08}']
-    run_gym(
-        tmp_path,
-        *flags,
-        "--action_repeat",
-        "1",
-        "--pcont",
-        "True",
-        "--prefill",
-        "60",
-        "--eval_every",
-        "40",
-        "--steps",
-        "100",
-    )
+    flags += ["--action_repeat", "1", "--pcont", "True", "--prefill", "60", "--eval_every", "40", "--steps", "100"]
+    run_gym(tmp_path, *flags)
     assert scores(tmp_path)
     ended = 0
     for episode in episodes(tmp_path):
