@@ -549,7 +549,7 @@ def make_envs(config, mode, callbacks):
                 env_kwargs=kwargs,
             )
             envs.append(wrappers.Collect(wrappers.Async(ctor, config.parallel), callbacks, precision))
-        envs[0].access("action_space")  # A worker reports an environment that it could not make at the first request.
+        envs[0].access("action_space")  # A worker says at the first request that it could not make its env.
     except wrappers.EnvError as e:
         exit_2(e)
     return envs
