@@ -15,7 +15,8 @@ import wrappers
 
 TESTS = pathlib.Path(__file__).parent
 # Short episodes (40 env steps), an evaluation and a checkpoint every 80.
-SHORT = "--log_images False --time_limit 40 --prefill 80 --pretrain 2 --train_every 40 --train_steps 1 --eval_every 80 --log_every 80"
+SHORT = "--log_images False --time_limit 40 --prefill 80 --pretrain 2 --train_every 40 --train_steps 1 --eval_every 80"
+SHORT += " --log_every 80"
 
 
 def run_gym(logdir, *flags, check=True):
