@@ -60,6 +60,8 @@ def define_config():
     c["replicas"] = 0
     # Environment.
     c["task"] = "dmc_walker_walk"
+    c["env_module"] = ""
+    c["env_kwargs"] = "{}"
     c["envs"] = 1
     c["parallel"] = "process"
     c["action_repeat"] = 2
@@ -153,7 +155,12 @@ HELP = dict(
     steps="env steps (frames, action repeat included) to train for: collection stops there, finishing the episode "
     "under way, and the run evaluates once at the end",
     prefill="random env steps before training; on until an episode of at least --batch_length steps is complete",
-    task="dmc_<domain>_<task> (DeepMind Control) or atari_<game> (Atari)",
+    task="dmc_<domain>_<task> (DeepMind Control), atari_<game> (Atari) or gym_<EnvId> (any Gymnasium id, e.g. "
+    "gym_CartPole-v1; see --env_module)",
+    env_module="gym_ tasks: modules to import (comma-separated) before making the environment, e.g. the one that "
+    "registers your id with gymnasium.register; importable from the working directory",
+    env_kwargs="gym_ tasks: keyword arguments for gymnasium.make as a JSON object, e.g. "
+    """'{"render_mode": "rgb_array"}' (then the frames come from render())""",
     eval_only="only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
     eval_episodes="test episodes of an --eval_only run",
     adam_eps="Adam's epsilon for all three optimizers: 1e-4 as in the paper's TF1 code (google-research/dreamer); "
@@ -198,6 +205,13 @@ def parse_config(argv=None):
         wrappers.check_task(config.task)
     except ValueError as e:
         parser.error(f"argument --task: {e}")
+    if suite == "gym":
+        try:  # Imports the modules and looks up the id; the environment is only made in the workers.
+            wrappers.gym_check(config.task.split("_", 1)[1], config.env_module, config.env_kwargs)
+        except ValueError as e:
+            parser.error(str(e))
+    elif config.env_module or config.env_kwargs != "{}":
+        parser.error("argument --env_module/--env_kwargs: only gym_<EnvId> tasks take them")
     if suite == "dmc" and config.parallel != "process" and os.environ.get("DREAMER_ALLOW_TF_RENDER") != "1":
         parser.error(
             f"argument --parallel: {config.parallel!r} would render MuJoCo inside the TensorFlow process, which "
@@ -232,12 +246,10 @@ def parse_config(argv=None):
         if config.expl == "additive_gaussian":
             print("Atari has discrete actions: using --expl epsilon_greedy instead of additive_gaussian.")
             config.expl = "epsilon_greedy"
-    mismatch = config_mismatch(config)
-    if mismatch:
-        parser.error(
-            f"argument --logdir: {config.logdir} holds a run trained with {mismatch}; pass the same values to "
-            "resume or evaluate it, or use a new --logdir"
-        )
+    # A gym_ task's action_dist is only known once its environment is made (see discrete_actions).
+    problem = mismatch_problem(config, skip=("action_dist",) if suite == "gym" else ())
+    if problem:
+        parser.error(problem)
     return config
 
 
@@ -274,7 +286,7 @@ def tf_config_problem(text):
     return None
 
 
-def config_mismatch(config):
+def config_mismatch(config, skip=()):
     """Architecture flags that differ from those of the run already in config.logdir, as text."""
     path = config.logdir.expanduser() / "config.json"
     if not path.exists():
@@ -283,8 +295,18 @@ def config_mismatch(config):
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
         return ""
-    differ = [k for k in ARCHITECTURE if k in saved and saved[k] != str(config[k])]
+    differ = [k for k in ARCHITECTURE if k in saved and k not in skip and saved[k] != str(config[k])]
     return ", ".join(f"--{k} {saved[k]} (not {config[k]})" for k in differ)
+
+
+def mismatch_problem(config, skip=()):
+    mismatch = config_mismatch(config, skip)
+    if mismatch:
+        return (
+            f"argument --logdir: {config.logdir} holds a run trained with {mismatch}; pass the same values to "
+            "resume or evaluate it, or use a new --logdir"
+        )
+    return ""
 
 
 class Dreamer:
@@ -556,6 +578,7 @@ def process_episode(config, logger, mode, datadir, episode):
 def make_envs(config, mode):
     """Start the environments of `mode` and read their spaces: one that cannot start stops the run here, with
     its own message and before anything is written."""
+    modules, kwargs = wrappers.gym_modules(config.env_module), wrappers.gym_kwargs(config.env_kwargs)
     envs = []
     try:
         for index in range(config.envs):
@@ -567,12 +590,16 @@ def make_envs(config, mode):
                 config.time_limit,
                 seed=seed,
                 life_done=(mode == "train"),
+                env_modules=modules,
+                env_kwargs=kwargs,
             )
             envs.append(wrappers.Async(ctor, config.parallel))
             envs[-1].obs_space, envs[-1].action_space  # Cached; the worker's ctor has run.
     except Exception as e:  # noqa: BLE001 (whatever the environment raises)
         for env in envs:
             env.close()
+        if isinstance(e, wrappers.EnvError):  # The flags ask for what the environment does not offer.
+            exit_2(e)
         # A worker sends its traceback: its last line is the environment's own message.
         lines = str(e).strip().splitlines() or [""]
         message = lines[-1] if isinstance(e, wrappers.WorkerError) else one_line(e)
@@ -650,6 +677,29 @@ def tested(logdir, step):
     return False
 
 
+def discrete_actions(config, action_space):
+    """A gym_ task learns that its actions are discrete from its environment: then, as for Atari (see
+    parse_config), the actor is onehot and exploration epsilon_greedy; its logdir is checked with them."""
+    if not config.task.startswith("gym_"):
+        return
+    if isinstance(action_space, wrappers.OneHotBox):
+        if config.action_dist != "onehot":
+            print(f"{config.task} has discrete actions: using --action_dist onehot instead of {config.action_dist}.")
+            config.action_dist = "onehot"
+        if config.expl == "additive_gaussian":
+            print(f"{config.task} has discrete actions: using --expl epsilon_greedy instead of additive_gaussian.")
+            config.expl = "epsilon_greedy"
+    problem = mismatch_problem(config)
+    if problem:
+        exit_2(problem)
+
+
+def exit_2(message):
+    """Bad input found after parse_config (e.g. by an environment worker): exit as parser.error does."""
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def random_agent(action_space, seed):
     random = np.random.RandomState(seed)
     act_dim = action_space.shape[0]
@@ -720,6 +770,7 @@ def train(config, strategy=None):
         return serve(config, strategy)
     logdir, datadir = config.logdir, config.logdir / "episodes"
     train_envs, test_envs = make_envs(config, "train"), make_envs(config, "test")
+    discrete_actions(config, train_envs[0].action_space)
     lock = lock_logdir(logdir)  # noqa: F841 (held until the process ends)
     step = tools.count_steps(datadir, config.action_repeat)
     (logdir / "config.json").write_text(json.dumps({k: str(v) for k, v in config.items()}, indent=2))
@@ -802,6 +853,9 @@ def serve(config, strategy):
                 print(f"Worker {name}: waiting for the chief's first episode in {datadir}.", flush=True)
             time.sleep(1)
     image_shape, act_dim = example["image"].shape[1:], example["action"].shape[-1]
+    if config.task.startswith("gym_"):  # The chief learned them from the environment (see discrete_actions).
+        saved = json.loads((config.logdir / "config.json").read_text())
+        config.action_dist, config.expl = saved["action_dist"], saved["expl"]
     agent = Dreamer(config, None, tools.make_dataset(store, config), image_shape, act_dim, 0, strategy)
     agent.load()
     try:
@@ -838,7 +892,9 @@ def lost_cluster(who, error):
 def evaluate(config):
     """Test episodes of the latest checkpoint; writes only eval.jsonl and eval/, never the training state."""
     episodes = []
-    envs = collect(config, make_envs(config, "test"), [episodes.append])
+    envs = make_envs(config, "test")
+    discrete_actions(config, envs[0].action_space)
+    envs = collect(config, envs, [episodes.append])
     try:
         action_space = envs[0].action_space
         image_shape = envs[0].obs_space["image"].shape

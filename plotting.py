@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import ticker
 
-PREFIXES = ("dmc_", "atari_", "dmlab_")
+PREFIXES = ("dmc_", "atari_", "dmlab_", "gym_")
 STATS = ("mean", "median", "min", "max")
 BANDS = ("std", "minmax", "none")
 

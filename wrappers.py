@@ -1,4 +1,7 @@
 import atexit
+import difflib
+import importlib
+import json
 import multiprocessing
 import os
 import pickle
@@ -37,8 +40,9 @@ DMC_TASKS = [
 ]
 
 
-# Task prefixes that make_env knows; add yours here, a branch in make_env and a check in check_task.
-SUITES = ("dmc", "atari")
+# Task prefixes that make_env knows (each checked in check_task). Your own environment: register it with
+# Gymnasium and use gym_<EnvId>.
+SUITES = ("dmc", "atari", "gym")
 
 
 def check_task(task):
@@ -47,8 +51,8 @@ def check_task(task):
     if suite not in SUITES or not name:
         prefixes = ", ".join(f"{s}_" for s in SUITES)
         raise ValueError(
-            f"Unknown task {task!r}; use dmc_<domain>_<task> (e.g. dmc_walker_walk) or atari_<game> (e.g. "
-            f"atari_pong); valid prefixes: {prefixes}"
+            f"Unknown task {task!r}; use dmc_<domain>_<task> (e.g. dmc_walker_walk), atari_<game> (e.g. "
+            f"atari_pong) or gym_<EnvId> (e.g. gym_CartPole-v1); valid prefixes: {prefixes}"
         )
     try:
         if suite == "dmc":
@@ -68,6 +72,8 @@ def make_env(
     grayscale=False,
     life_done=False,
     render_every=False,
+    env_modules=(),
+    env_kwargs=None,
 ):
     suite, _, name = task.partition("_")
     if suite == "dmc" and name:
@@ -78,10 +84,15 @@ def make_env(
     elif suite == "atari" and name:
         env = Atari(name, action_repeat, size, grayscale, life_done=life_done, seed=seed)
         env = OneHotAction(env)
+    elif suite == "gym" and name:
+        env = Gym(name, size, seed=seed, env_modules=env_modules, env_kwargs=env_kwargs)
+        env = ActionRepeat(env, action_repeat, render_every)
+        env = OneHotAction(env) if isinstance(env.action_space, spaces.Discrete) else NormalizeActions(env)
     else:
         raise ValueError(
-            f"Unknown task '{task}': expected 'dmc_<domain>_<task>' (e.g. dmc_walker_walk) "
-            "or 'atari_<game>' (e.g. atari_pong); valid prefixes are dmc_ and atari_."
+            f"Unknown task '{task}': expected 'dmc_<domain>_<task>' (e.g. dmc_walker_walk), "
+            "'atari_<game>' (e.g. atari_pong) or 'gym_<EnvId>' (e.g. gym_CartPole-v1); "
+            "valid prefixes are dmc_, atari_ and gym_."
         )
     return TimeLimit(env, time_limit / action_repeat)
 
@@ -297,6 +308,207 @@ class Atari:
         return image[..., None] if self._grayscale else image
 
 
+class EnvError(ValueError):
+    """An environment that cannot be made as the flags ask; its message names the problem and the fix."""
+
+
+def gym_modules(text):
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def gym_kwargs(text):
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EnvError(
+            f"argument --env_kwargs: {text!r} is not JSON ({e}); pass an object, e.g. "
+            """'{"render_mode": "rgb_array"}'"""
+        ) from None
+    if not isinstance(kwargs, dict):
+        raise EnvError(
+            f"argument --env_kwargs: expected a JSON object of keyword arguments for gymnasium.make, "
+            f"got {type(kwargs).__name__} {text!r}"
+        )
+    return kwargs
+
+
+def gym_import(env_modules):
+    """Gymnasium, after importing the modules that register a user's environments."""
+    if os.getcwd() not in sys.path:  # A user's module is importable from where they run, as for `python -m`.
+        sys.path.append(os.getcwd())
+    for name in env_modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise EnvError(
+                f"argument --env_module: cannot import {name!r} ({type(e).__name__}: {e}); pass a module "
+                "installed in this Python or importable from the working directory"
+            ) from None
+    import gymnasium
+
+    return gymnasium
+
+
+def gym_check(env_id, env_module="", env_kwargs="{}"):
+    """Check the flags of a gym_<EnvId> task without making the environment (safe beside TensorFlow)."""
+    gym_kwargs(env_kwargs)
+    modules = gym_modules(env_module)
+    gymnasium = gym_import(modules)
+    try:
+        gymnasium.spec(env_id)
+    except gymnasium.error.Error:
+        ids = {key.lower(): key for key in gymnasium.registry}
+        close = [ids[key] for key in difflib.get_close_matches(env_id.lower(), ids, n=5, cutoff=0.5)]
+        after = f" after importing {', '.join(modules)}" if modules else ""
+        raise EnvError(
+            f"argument --task: no Gymnasium environment {env_id!r} is registered{after}"
+            + (f" (closest: {', '.join(close)})" if close else "")
+            + "; register yours with gymnasium.register(id, entry_point=...) in a module that you pass with "
+            "--env_module, or pass the package that registers it (e.g. --env_module ale_py for ALE/...)"
+        ) from None
+
+
+class Gym:
+    """A Gymnasium environment seen through 64x64 frames: its image observation, the image entry of its Dict
+    observation, or else render() with render_mode rgb_array. Other observation entries are passed along."""
+
+    IMAGE_KEYS = ("image", "pixels", "rgb")
+    RESERVED = ("image", "action", "reward", "discount")  # Keys that the episodes use for themselves.
+
+    def __init__(self, env_id, size=(64, 64), seed=None, env_modules=(), env_kwargs=None):
+        gymnasium = gym_import(env_modules)
+        kwargs = dict(env_kwargs or {})
+        self._id, self._size, self._seed, self._obs = env_id, tuple(size), seed, None
+        self._env = self._make(gymnasium, kwargs)
+        self._check_actions(self._env.action_space)
+        space = self._env.observation_space
+        # Asking for rgb_array frames explicitly prefers them (e.g. MiniGrid's `image` is a 7x7 symbolic grid).
+        self._render = kwargs.get("render_mode") == "rgb_array"
+        self._key = None if self._render else _image_key(space)  # None: the observation itself.
+        if not self._render and self._key is False:
+            if kwargs.get("render_mode") is not None:
+                raise EnvError(self._no_image(f"--env_kwargs asks for render_mode {kwargs['render_mode']!r}"))
+            self._env.close()
+            self._env = self._make(gymnasium, {**kwargs, "render_mode": "rgb_array"})
+            self._render, self._key = True, None
+        if self._render:
+            self._env.reset(seed=seed)
+            frame = self._env.render()
+            if not _image_shaped(np.shape(frame), (1, 3, 4)):
+                raise EnvError(self._no_image(f"render() returned {_describe(frame)}"))
+        image = None if self._render else space if self._key is None else space[self._key]
+        floats = isinstance(image, spaces.Box) and np.issubdtype(image.dtype, np.floating)
+        self._scale = 255 if floats and image.high.max() <= 1 else 1  # Float images in [0, 1].
+        if isinstance(space, spaces.Dict):
+            self._extra = {k: v for k, v in space.spaces.items() if k != self._key and _numeric(v)}
+        else:
+            self._extra = {"obs": space} if self._render and _numeric(space) else {}
+
+    def _make(self, gymnasium, kwargs):
+        try:
+            return gymnasium.make(self._id, **kwargs)
+        except TypeError as e:
+            raise EnvError(f"argument --env_kwargs: gymnasium.make({self._id!r}, **{kwargs}) failed ({e})") from None
+
+    def _no_image(self, render):
+        return (
+            f"gym_{self._id} offers no image to learn from: its observation space {self._env.observation_space} is "
+            "not an image (HxWxC, C 1 or 3), has no image entry (image, pixels, rgb or the only HxWxC Box), and "
+            f"{render}. Dreamer learns from pixels: give the environment an image observation or an rgb_array "
+            "render mode"
+        )
+
+    def _check_actions(self, space):
+        finite = lambda s: np.isfinite(s.low).all() and np.isfinite(s.high).all()
+        if isinstance(space, spaces.Box) and len(space.shape) == 1 and finite(space):
+            return
+        if isinstance(space, spaces.Discrete):
+            return
+        raise EnvError(
+            f"gym_{self._id} has the action space {space}, which Dreamer does not take: use a Box (1-D, finite "
+            "bounds) or a Discrete (e.g. wrap the environment to flatten its actions and register the wrapped one)"
+        )
+
+    @property
+    def obs_space(self):
+        extra = {_key(k): v for k, v in self._extra.items()}
+        return {"image": spaces.Box(0, 255, self._size + (3,), np.uint8), **extra}
+
+    @property
+    def action_space(self):
+        return self._env.action_space
+
+    def reset(self):
+        self._obs, _ = self._env.reset(seed=self._seed)
+        self._seed = None  # Seed the first reset only; later ones continue the RNG.
+        return self.observe()
+
+    def step(self, action, render=True):
+        space = self._env.action_space
+        if isinstance(space, spaces.Discrete):
+            action = space.start + int(action)
+        else:  # Rescaled actions can leave the bounds by a rounding error.
+            action = np.clip(action, space.low, space.high).astype(space.dtype)
+        self._obs, reward, terminated, truncated, _ = self._env.step(action)
+        # A truncated episode (a time limit) ends without a terminal state.
+        info = {"discount": np.array(0.0 if terminated else 1.0, np.float32)}
+        return self.observe() if render else {}, float(reward), terminated or truncated, info
+
+    def observe(self):
+        obs = self._obs if isinstance(self._obs, dict) else {"obs": self._obs}
+        extra = {_key(k): np.asarray(obs[k]).reshape(np.shape(obs[k]) or (1,)) for k in self._extra}
+        if self._render:
+            image = self._env.render()
+        else:
+            image = self._obs if self._key is None else self._obs[self._key]
+        return {"image": _frame(image, self._size, self._scale), **extra}
+
+    def close(self):
+        self._env.close()
+
+
+def _image_shaped(shape, channels=(1, 3)):
+    return len(shape) == 3 and shape[-1] in channels and min(shape[:2]) > 1
+
+
+def _image_key(space):
+    """Where an observation space keeps its image: None for the observation itself, a Dict key, or False."""
+    image = lambda s: isinstance(s, spaces.Box) and _image_shaped(s.shape)
+    if image(space):
+        return None
+    if isinstance(space, spaces.Dict):
+        named = [k for k in Gym.IMAGE_KEYS if image(space.spaces.get(k))]
+        shaped = [k for k, s in space.spaces.items() if image(s)]
+        if named or len(shaped) == 1:
+            return (named or shaped)[0]
+    return False
+
+
+def _numeric(space):
+    return isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
+
+
+def _key(key):
+    return f"obs_{key}" if key in Gym.RESERVED else key
+
+
+def _describe(value):
+    return f"an array of shape {np.shape(value)}" if isinstance(value, np.ndarray) else repr(value)[:80]
+
+
+def _frame(image, size, scale=1):
+    """A uint8 HxWx3 frame of `size`; grayscale is repeated to three channels."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(image * scale, 0, 255).astype(np.uint8)
+    image = image[..., :3] if image.shape[-1] >= 3 else image[..., 0]
+    if image.shape[:2] != size:
+        image = np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, -1)
+
+
 class Wrapper:
     def __init__(self, env):
         self._env = env
@@ -494,7 +706,7 @@ class WorkerError(RuntimeError):
     pass
 
 
-_ACCESS, _CALL, _RESULT, _EXCEPTION, _CLOSE = range(5)
+_ACCESS, _CALL, _RESULT, _EXCEPTION, _CLOSE, _ENV_ERROR = range(6)
 
 
 class Async:
@@ -582,6 +794,8 @@ class Async:
             raise WorkerError(self._death_message()) from None
         if message == _EXCEPTION:
             raise WorkerError(f"Error in the environment worker:\n{payload}")
+        if message == _ENV_ERROR:  # Bad flags: the message without the worker's traceback.
+            raise EnvError(payload)
         return payload
 
     def _death_message(self):
@@ -617,8 +831,10 @@ def _worker(conn, ctor):
     env, error = None, None
     try:
         env = ctor()
+    except EnvError as e:
+        error = (_ENV_ERROR, str(e))
     except Exception:
-        error = traceback.format_exc()
+        error = (_EXCEPTION, traceback.format_exc())
     try:
         while True:
             try:
@@ -627,8 +843,8 @@ def _worker(conn, ctor):
                 break
             if message == _CLOSE:
                 break
-            if error:  # The ctor failed: answer every request with its traceback.
-                conn.send((_EXCEPTION, error))
+            if error:  # The ctor failed: answer every request with its error.
+                conn.send(error)
                 continue
             try:
                 if message == _ACCESS:
