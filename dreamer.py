@@ -800,7 +800,7 @@ def train(config, strategy=None):
         try:
             # Evaluations fall every `eval_every` env steps from the end of the prefill, and at --steps. A resumed
             # run first makes up one it was stopped in, and collects up to where the next one is due.
-            behind = -(step - config.prefill) % config.eval_every
+            behind = 0 if prefilled else -(step - config.prefill) % config.eval_every
             if step >= config.steps:
                 print(f"Already {step} of --steps {config.steps} env steps: raise --steps to train on.", flush=True)
             elif behind and not prefilled:

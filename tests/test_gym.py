@@ -85,7 +85,10 @@ def test_discrete_actions_render_frames_and_vector_observations(discrete_run):
 def test_discrete_run_resumes_and_evaluates(discrete_run):
     logdir, (first, second, third) = discrete_run
     assert "Prefill dataset" in first and "Prefill dataset" not in second and "Loaded checkpoint" in second
-    assert len(scores(logdir)) == 2 * 2  # Evaluations at 80 and 160, one episode per environment.
+    rows = map(json.loads, (logdir / "metrics.jsonl").read_text().splitlines())
+    steps = [r["step"] for r in rows if "test/return" in r]
+    # From the end of the prefill (two 30-step episodes on disk) to --steps, one test episode per environment.
+    assert steps[:2] == [60, 60] and steps[-1] >= 200 and steps == sorted(steps) and steps[::2] == steps[1::2]
     rows = [json.loads(line) for line in (logdir / "eval.jsonl").read_text().splitlines()]
     assert "Loaded checkpoint" in third and [r["episode"] for r in rows] == [0, 1]
     assert all(r["length"] == 30 for r in rows) and (logdir / "eval" / f"{rows[0]['step']}-0.mp4").exists()
