@@ -343,7 +343,7 @@ class Dreamer:
             self._datasets, dataset = dataset, dataset(0)
         if dataset is not None:
             dataset = self.strategy.experimental_distribute_dataset(dataset)
-            self._dataset = iter(dataset)
+            self._dataset = None if self._datasets else iter(dataset)
             self.train = tf.function(self._train, input_signature=[dataset.element_spec], jit_compile=c.jit)
         # Multi-worker: the chief tells the other workers before every train step whether one follows.
         add = lambda flag: self.strategy.reduce("SUM", self.strategy.run(lambda: flag), axis=None)

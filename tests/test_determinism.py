@@ -64,7 +64,7 @@ def test_another_seed_gives_other_episodes(tmp_path, straight):
     assert len(theirs) == 2
     for a, b in zip(ours, theirs):
         assert not np.array_equal(a["action"], b["action"])
-        assert not np.array_equal(a["image"][0], b["image"][0])  # Another initial state too.
+        assert not np.array_equal(a["position"][0], b["position"][0])  # Another initial state too.
 
 
 def test_parallel_envs_give_the_same_run_twice(tmp_path):
