@@ -366,7 +366,8 @@ class Dreamer:
     def __call__(self, obs, reset, state=None, training=True):
         # A due burst runs before any action, test episodes' too: an evaluation at env step S sees every
         # update due by S, as in the paper's code (and the first one, after the prefill, the pretraining).
-        if self._dataset is not None and self.step >= self.next_train.numpy():
+        trains = self._dataset is not None or self._datasets is not None
+        if trains and self.step >= self.next_train.numpy():
             self._train_burst()
         if state is None:
             latent = self.world_model.dynamics.initial(len(reset))
