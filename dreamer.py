@@ -58,6 +58,7 @@ def define_config():
     c["jit"] = False
     c["strategy"] = "default"
     c["replicas"] = 0
+    c["deterministic"] = None  # True without a GPU, else False.
     # Environment.
     c["task"] = "dmc_walker_walk"
     c["env_module"] = ""
@@ -163,6 +164,9 @@ HELP = dict(
     """'{"render_mode": "rgb_array"}' (then the frames come from render())""",
     eval_only="only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
     eval_episodes="test episodes of an --eval_only run",
+    seed="seeds every random draw together with counters the run saves (env step, update count, episode)",
+    deterministic="the same run for the same --seed, also across a resume: TensorFlow's deterministic kernels and "
+    "batches drawn at fixed points; default: True without a GPU (no cost measured on CPU, see README), else False",
     adam_eps="Adam's epsilon for all three optimizers: 1e-4 as in the paper's TF1 code (google-research/dreamer); "
     "its TF2 reimplementation (danijar/dreamer) leaves Keras' 1e-7",
 )
@@ -193,6 +197,7 @@ def make_parser():
         if key == "logdir":
             continue
         kind = {bool: parse_bool, int: parse_int, float: float}.get(type(value), str)
+        kind = parse_bool if key == "deterministic" else kind
         parser.add_argument(f"--{key}", type=kind, default=value, choices=CHOICES.get(key), help=HELP.get(key))
     return parser
 
@@ -230,6 +235,8 @@ def parse_config(argv=None):
             f"{config.action_repeat} have {length} steps, fewer than --batch_length {config.batch_length}; lower it "
             "or raise --time_limit"
         )
+    if config.seed < 0:
+        parser.error(f"argument --seed: must be 0 or positive, got {config.seed}")
     if config.replicas < 0:
         parser.error(f"argument --replicas: must be 0 (all GPUs) or positive, got {config.replicas}")
     if config.strategy == "multi_worker" and not config.eval_only:
@@ -313,7 +320,9 @@ class Dreamer:
     """World model and actor-critic, with one compiled policy and one compiled train step.
 
     Under a tf.distribute `strategy` the train step runs on every replica with its share of each batch of
-    `dataset` (global batches), and its losses and updates are those of the global batch.
+    `dataset` (global batches), and its losses and updates are those of the global batch. `dataset` may also be
+    a function of the index of a first batch that returns the batches from there: a fresh one at every
+    training burst, so that no batch is drawn ahead of the burst that takes it (--deterministic).
     """
 
     def __init__(self, config, logger, dataset, image_shape, act_dim, step, strategy=None):
@@ -323,6 +332,7 @@ class Dreamer:
         self.step = step
         self.strategy = strategy or tf.distribute.get_strategy()
         self._released = False
+        self._test = (None, 0)  # Env step of the current evaluation, policy calls in it.
         with self.strategy.scope():
             self._build(dataset, image_shape, act_dim)
 
@@ -355,13 +365,16 @@ class Dreamer:
                 state_spec,
                 scalar(tf.bool),
                 scalar(tf.float32),
+                tf.TensorSpec([3], tf.int32),
             ],
         )
         self._openl = tf.function(self.world_model.openl)
-        self._dataset = None
+        self._dataset, self._datasets = None, None
+        if callable(dataset):
+            self._datasets, dataset = dataset, dataset(0)
         if dataset is not None:
             dataset = self.strategy.experimental_distribute_dataset(dataset)
-            self._dataset = iter(dataset)
+            self._dataset = None if self._datasets else iter(dataset)
             self.train = tf.function(self._train, input_signature=[dataset.element_spec], jit_compile=c.jit)
         # Multi-worker: the chief tells the other workers before every train step whether one follows.
         add = lambda flag: self.strategy.reduce("SUM", self.strategy.run(lambda: flag), axis=None)
@@ -384,16 +397,25 @@ class Dreamer:
     def __call__(self, obs, reset, state=None, training=True):
         # A due burst runs before any action, test episodes' too: an evaluation at env step S sees every
         # update due by S, as in the paper's code (and the first one, after the prefill, the pretraining).
-        if self._dataset is not None and self.step >= self.next_train.numpy():
+        trains = self._dataset is not None or self._datasets is not None
+        if trains and self.step >= self.next_train.numpy():
             self._train_burst()
         if state is None:
             latent = self.world_model.dynamics.initial(len(reset))
             state = (latent, tf.zeros((len(reset), self._act_dim), tf.float32))
         amount = self.expl_amount() if training else self._c.eval_noise
-        action, state = self.policy(obs["image"], reset, state, training, amount)
+        action, state = self.policy(obs["image"], reset, state, training, amount, self._policy_seed(training))
         if training:
             self.step += len(reset) * self._c.action_repeat
         return action.numpy(), state
+
+    def _policy_seed(self, training):
+        """(seed, env step, 0) when collecting; (seed, env step, n) for the n-th policy call of an evaluation."""
+        if training:
+            return np.array([self._c.seed, self.step, 0], np.int32)
+        step, calls = self._test if self._test[0] == self.step else (self.step, 0)
+        self._test = (step, calls + 1)
+        return np.array([self._c.seed, step, calls + 1], np.int32)
 
     def expl_amount(self):
         amount = self._c.expl_amount
@@ -405,6 +427,9 @@ class Dreamer:
         c = self._c
         steps = c.pretrain if self.next_train.numpy() == 0 else c.train_steps
         print(f"Training for {steps} steps.", flush=True)
+        if self._datasets:  # From the episodes on disk now, batch k keyed by k: as any restart would draw them.
+            start = int(self.world_model.optimizer.opt.iterations.numpy())
+            self._dataset = iter(self.strategy.experimental_distribute_dataset(self._datasets(start)))
         with deferred_interrupts() as interrupted:
             for _ in range(steps):
                 if interrupted():  # Between steps: a multi-worker chief never promises a step it does not take.
@@ -461,31 +486,38 @@ class Dreamer:
         behavior = lambda post: self.behavior.train(post, self.world_model, behavior_seed)
         post, metrics = self.world_model.train(data, model_seed, behavior)
         feat = tf.stop_gradient(self.world_model.dynamics.get_feat(post))
-        metrics["action_ent"] = tf.reduce_mean(self.behavior.actor(feat).entropy())
+        entropy_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        metrics["action_ent"] = tf.reduce_mean(self.behavior.actor(feat).entropy(seed=entropy_seed))
         return metrics
 
-    def _policy(self, image, reset, state, training, amount):
+    def _policy(self, image, reset, state, training, amount, seed):
+        # Stateless noise from (seed, env step, call): the same actions on resume (see _policy_seed).
+        seed = tf.random.experimental.stateless_fold_in(seed[:2], seed[2])
+        latent_seed, action_seed, expl_seed = tf.unstack(tf.random.split(seed, 3))
         mask = 1.0 - tf.cast(reset, tf.float32)[:, None]
         state = tf.nest.map_structure(lambda x: x * tf.cast(mask, x.dtype), state)
         latent, action = state
         dynamics = self.world_model.dynamics
         embed = self.world_model.encoder(tools.preprocess({"image": image}, self._c)["image"])
-        latent, _ = dynamics.obs_step(latent, action, embed)
+        noise = tf.random.stateless_normal(tf.shape(latent["stoch"]), latent_seed)
+        latent, _ = dynamics.obs_step(latent, action, embed, noise)
         dist = self.behavior.actor(dynamics.get_feat(latent))
-        action = tf.cond(training, dist.sample, dist.mode)
-        action = self._exploration(action, amount)
+        action = tf.cond(training, lambda: dist.sample(seed=action_seed), lambda: dist.mode(seed=action_seed))
+        action = self._exploration(action, amount, expl_seed)
         return action, (latent, action)
 
-    def _exploration(self, action, amount):
+    def _exploration(self, action, amount, seed):
         expl = self._c.expl
         if expl == "additive_gaussian":
-            return tf.clip_by_value(tfd.Normal(action, amount).sample(), -1, 1)
+            return tf.clip_by_value(tfd.Normal(action, amount).sample(seed=seed), -1, 1)
         if expl == "completely_random":
-            return tf.where(amount > 0, tf.random.uniform(tf.shape(action), -1, 1), action)
+            return tf.where(amount > 0, tf.random.stateless_uniform(tf.shape(action), seed, -1, 1), action)
         if expl == "epsilon_greedy":
-            indices = tfd.Categorical(logits=tf.zeros_like(action)).sample()
+            choice_seed, coin_seed = tf.unstack(tf.random.split(seed))
+            indices = tfd.Categorical(logits=tf.zeros_like(action)).sample(seed=choice_seed)
             random = tf.one_hot(indices, self._act_dim, dtype=action.dtype)
-            return tf.where(tf.random.uniform(tf.shape(action)[:1])[:, None] < amount, random, action)
+            coin = tf.random.stateless_uniform(tf.shape(action)[:1], coin_seed)
+            return tf.where(coin[:, None] < amount, random, action)
         raise NotImplementedError(expl)
 
     def digest(self):
@@ -497,6 +529,11 @@ class Dreamer:
         return f"weights sha256 {digest.hexdigest()[:16]}"
 
     def save(self):
+        if self._logger:  # Scalars not yet written, for the line a resumed run writes next.
+            pending = self._c.logdir / "checkpoints" / "pending.json"
+            pending.parent.mkdir(parents=True, exist_ok=True)
+            pending.with_suffix(".tmp").write_text(json.dumps({"step": self.step, "scalars": self._logger.pending}))
+            pending.with_suffix(".tmp").rename(pending)
         path = self._manager.save(checkpoint_number=self.step)
         print(f"Saved checkpoint {path}.", flush=True)
 
@@ -537,7 +574,13 @@ class Dreamer:
             for bad in paths[paths.index(path) + 1 :]:
                 getattr(self._manager, "_maybe_delete", {}).pop(bad, None)  # Its list of checkpoints to rotate.
         print(f"Loaded checkpoint {path}.", flush=True)
-        return int(path.rsplit("-", 1)[-1])
+        step = int(path.rsplit("-", 1)[-1])
+        pending = self._c.logdir / "checkpoints" / "pending.json"
+        if self._logger and pending.exists():
+            saved = json.loads(pending.read_text())
+            if saved["step"] == step:
+                self._logger.pending = saved["scalars"]
+        return step
 
     def openl(self, episodes):
         """Open-loop predictions for up to 6 episodes: truth, model and error rows, as uint8 video."""
@@ -639,20 +682,21 @@ def longest_episode(datadir):
     return max((tools.episode_length(f) + 1 for f in pathlib.Path(datadir).glob("*.npz")), default=0)
 
 
-def prefill(config, envs, datadir, steps):
-    """Random episodes for `steps` env steps, and on until one of at least batch_length steps is complete."""
+def prefill(config, envs, datadir, start, steps):
+    """Random episodes for `steps` env steps from env step `start`, and on until one of at least batch_length
+    steps is complete."""
     print(f"Prefill dataset with {steps} steps.", flush=True)
-    agent = random_agent(envs[0].action_space, config.seed)
-    state = tools.simulate(agent, envs, steps=steps // config.action_repeat)
+    agent = random_agent(envs[0].action_space, config.seed, start, config.action_repeat)
+    state = tools.simulate(agent, envs, steps=steps // config.action_repeat, seed=(config.seed, 0, start))
     if longest_episode(datadir) < config.batch_length:
         print(
             f"Prefill continues until an episode of at least --batch_length {config.batch_length} steps is complete.",
             flush=True,
         )
-    for _ in range(100):
+    for more in range(1, 101):
         if longest_episode(datadir) >= config.batch_length:
             return
-        state = tools.simulate(agent, envs, episodes=state[1] + 1, state=state)
+        state = tools.simulate(agent, envs, episodes=state[1] + 1, state=state, seed=(config.seed, 2, start, more))
     print(
         f"error: 100 prefill episodes and none has --batch_length {config.batch_length} steps; lower --batch_length",
         file=sys.stderr,
@@ -660,10 +704,10 @@ def prefill(config, envs, datadir, steps):
     sys.exit(2)
 
 
-def finish_episodes(agent, envs, state):
+def finish_episodes(agent, envs, state, seed):
     """Step on until the episodes under way end: only complete episodes are saved."""
     unfinished = int((~state[2]).sum())
-    return tools.simulate(agent, envs, episodes=state[1] + unfinished, state=state) if unfinished else state
+    return tools.simulate(agent, envs, episodes=state[1] + unfinished, state=state, seed=seed) if unfinished else state
 
 
 def tested(logdir, step):
@@ -700,12 +744,15 @@ def exit_2(message):
     sys.exit(2)
 
 
-def random_agent(action_space, seed):
-    random = np.random.RandomState(seed)
+def random_agent(action_space, seed, step, action_repeat):
+    """Uniform actions, drawn from (seed, env step): a prefill resumed at `step` continues the same draws."""
     act_dim = action_space.shape[0]
     discrete = isinstance(action_space, wrappers.OneHotBox)
 
     def policy(obs, done, state):
+        nonlocal step
+        random = tools.keyed_random(seed, step)
+        step += len(done) * action_repeat
         if discrete:
             return np.eye(act_dim, dtype=np.float32)[random.randint(act_dim, size=len(done))], None
         return random.uniform(action_space.low, action_space.high, (len(done), act_dim)).astype(np.float32), None
@@ -762,6 +809,10 @@ def setup(config):
     policy = {"16": "mixed_float16", "bf16": "mixed_bfloat16", "32": "float32"}[config.precision]
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic is None:
+        config.deterministic = not tf.config.list_physical_devices("GPU")
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     return strategy
 
 
@@ -784,17 +835,19 @@ def train(config, strategy=None):
         fill = max(0, min(config.prefill, config.steps) - step)  # --steps bounds the prefill too.
         prefilled = bool(fill) or longest_episode(datadir) < config.batch_length
         if prefilled:
-            prefill(config, train_envs, datadir, fill)
+            prefill(config, train_envs, datadir, step, fill)
             step = tools.count_steps(datadir, config.action_repeat)
         store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
-        dataset = tools.make_dataset(store, config)
+        dataset = functools.partial(tools.make_dataset, store, config)
+        dataset = dataset if config.deterministic else dataset()
         agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step, strategy)
         agent.load(resume=True)
         state = None
 
         def evaluate_and_save():
             print("Start evaluation.", flush=True)
-            tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1)
+            seed = (config.seed, 1, agent.step)
+            tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1, seed=seed)
             agent.save()
 
         try:
@@ -810,9 +863,11 @@ def train(config, strategy=None):
             while agent.step < config.steps:
                 print("Start collection.", flush=True)
                 collect_steps, behind = min(behind or config.eval_every, config.steps - agent.step), 0
-                state = tools.simulate(agent, train_envs, -(-collect_steps // config.action_repeat), state=state)
+                seed = (config.seed, 0, agent.step)
+                steps = -(-collect_steps // config.action_repeat)
+                state = tools.simulate(agent, train_envs, steps, state=state, seed=seed)
                 if agent.step >= config.steps:  # The last chunk: at most one episode past --steps.
-                    state = finish_episodes(agent, train_envs, state)
+                    state = finish_episodes(agent, train_envs, state, (config.seed, 3, agent.step))
                 evaluate_and_save()
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
@@ -900,7 +955,8 @@ def evaluate(config):
         image_shape = envs[0].obs_space["image"].shape
         agent = Dreamer(config, None, None, image_shape, action_space.shape[0], 0)
         step = agent.load()
-        tools.simulate(functools.partial(agent, training=False), envs, episodes=config.eval_episodes)
+        seed = (config.seed, 1, step or 0)
+        tools.simulate(functools.partial(agent, training=False), envs, episodes=config.eval_episodes, seed=seed)
     finally:
         for env in envs:
             env.close()

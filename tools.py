@@ -1,10 +1,9 @@
-import datetime
 import io
+import itertools
 import json
 import pathlib
 import re
 import time
-import uuid
 import warnings
 
 import imageio
@@ -26,15 +25,16 @@ class AttrDict(dict):
 
 
 def save_episodes(directory, episodes):
-    """Write episodes as <timestamp>-<uuid>-<length>.npz; a kill never leaves a partial file under a final name."""
+    """Write episodes as <index>-<length>.npz, numbered on from the folder's last; a kill never leaves a partial
+    file under a final name."""
     directory = pathlib.Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
+    # Numbered, not timestamped: the order (the store's age order) is the save order, whatever the clock says.
+    numbers = [episode_order(f)[1] for f in directory.glob("*.npz") if episode_order(f)[0]]
+    first = max(numbers, default=-1) + 1
     filenames = []
-    for episode in episodes:
-        # Microseconds, so that names sort in save order (the store's age order) within a second too.
-        timestamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S%f")
-        length = len(episode["reward"])
-        filename = directory / f"{timestamp}-{uuid.uuid4().hex}-{length}.npz"
+    for index, episode in enumerate(episodes, first):
+        filename = directory / f"{index:06d}-{len(episode['reward'])}.npz"
         with io.BytesIO() as buffer:
             np.savez_compressed(buffer, **episode)
             data = buffer.getvalue()
@@ -44,6 +44,22 @@ def save_episodes(directory, episodes):
         temp.rename(filename)
         filenames.append(filename)
     return filenames
+
+
+def episode_order(filename):
+    """Sort key in save order: numbered names (<index>-<length>) after older <timestamp>-<uuid>-<length> ones."""
+    stem = pathlib.Path(filename).stem
+    first = stem.split("-", 1)[0]
+    return (1, int(first), stem) if first.isdigit() else (0, 0, stem)
+
+
+def keyed_random(*key):
+    """A NumPy RandomState given by a key of non-negative ints (seed, counters), the same after a restart."""
+    return np.random.RandomState(np.random.SeedSequence(key).generate_state(4))
+
+
+def keyed_seed(*key):
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def episode_length(filename):
@@ -71,6 +87,7 @@ class EpisodeStore:
     def __init__(self, directory, capacity=None, seed=0):
         self._directory = pathlib.Path(directory).expanduser()
         self._capacity = capacity
+        self._seed = seed
         self._random = np.random.RandomState(seed)
         self._episodes = {}  # filename -> episode, insertion order is age order.
         self._seen = set()
@@ -86,7 +103,7 @@ class EpisodeStore:
 
     def update(self):
         """Load episodes added to the folder since the last call, newest first, up to the capacity."""
-        new = sorted(set(self._directory.glob("*.npz")) - self._seen, reverse=True)
+        new = sorted(set(self._directory.glob("*.npz")) - self._seen, key=episode_order, reverse=True)
         loaded = []
         budget = self._capacity
         for filename in new:
@@ -103,50 +120,61 @@ class EpisodeStore:
             loaded.append((filename, episode))
             if budget is not None:
                 budget -= episode_length(filename)
+        if not loaded:
+            return 0
+        # A new dict, swapped in whole: a data pipeline thread may still be sampling from the old one.
+        episodes, steps = dict(self._episodes), self._steps
         for filename, episode in reversed(loaded):
-            self._episodes[filename] = episode
-            self._steps += episode_length(filename)
-        while self._capacity and self._steps > self._capacity and len(self._episodes) > 1:
-            filename = next(iter(self._episodes))
-            del self._episodes[filename]
-            self._steps -= episode_length(filename)
-        if loaded:
-            self._eligible = {}
+            episodes[filename] = episode
+            steps += episode_length(filename)
+        while self._capacity and steps > self._capacity and len(episodes) > 1:
+            filename = next(iter(episodes))
+            del episodes[filename]
+            steps -= episode_length(filename)
+        self._episodes, self._steps, self._eligible = episodes, steps, {}
         return len(loaded)
 
-    def sample(self, length, balance=False):
+    def sample(self, length, balance=False, random=None):
         """A chunk of `length` consecutive steps from a uniformly chosen episode."""
-        keys = self._long_enough(length)
+        random = self._random if random is None else random
+        episodes, keys = self._episodes, self._long_enough(length)
         if not keys:
             raise ValueError(f"No episode of at least {length} steps in {self._directory}.")
-        episode = self._episodes[keys[self._random.randint(len(keys))]]
+        episode = episodes[keys[random.randint(len(keys))]]
         total = len(episode["reward"])
         available = total - length
         if balance:  # Favour chunks that end at the episode's last step.
-            index = min(self._random.randint(0, total), available)
+            index = min(random.randint(0, total), available)
         else:
-            index = self._random.randint(0, available + 1)
+            index = random.randint(0, available + 1)
         return {k: v[index : index + length] for k, v in episode.items()}
 
     def _long_enough(self, length):
         # Cached per update: sampling runs for every chunk of every batch, the folder changes rarely.
-        if length not in self._eligible:
-            self._eligible[length] = [k for k in self._episodes if episode_length(k) + 1 >= length]
-        return self._eligible[length]
+        eligible = self._eligible
+        if length not in eligible:
+            eligible[length] = [k for k in self._episodes if episode_length(k) + 1 >= length]
+        return eligible[length]
 
-    def batches(self, batch_size, length, balance=False):
-        while True:
-            self.update()
-            chunks = [self.sample(length, balance) for _ in range(batch_size)]
+    def batches(self, batch_size, length, balance=False, start=None):
+        """Batches from the folder as it grows; or, given `start`, batch k >= start drawn with a random state of
+        (seed, k) from the episodes held now (the caller updates the store): the same batches whenever it runs."""
+        for index in itertools.count(start or 0):
+            if start is None:
+                self.update()
+            random = None if start is None else keyed_random(self._seed, index)
+            chunks = [self.sample(length, balance, random) for _ in range(batch_size)]
             yield {k: np.stack([c[k] for c in chunks]) for k in chunks[0]}
 
 
-def make_dataset(store, config):
-    """Batches of `batch_size` chunks, preprocessed and prefetched; a strategy splits each one across replicas."""
+def make_dataset(store, config, start=None):
+    """Batches of `batch_size` chunks, preprocessed and prefetched; a strategy splits each one across replicas.
+
+    With `start`, the batches from that index on of the episodes in the folder now (see EpisodeStore.batches)."""
     store.update()
     example = next(store.batches(config.batch_size, config.batch_length, config.dataset_balance))
     signature = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in example.items()}
-    generator = lambda: store.batches(config.batch_size, config.batch_length, config.dataset_balance)
+    generator = lambda: store.batches(config.batch_size, config.batch_length, config.dataset_balance, start)
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
     dataset = dataset.map(lambda x: preprocess(x, config))
     # Every worker samples its own batches (its store has its own seed): sharding would only discard some.
@@ -170,8 +198,10 @@ def preprocess(obs, config):
 # Simulation.
 
 
-def simulate(agent, envs, steps=0, episodes=0, state=None):
-    """Step `envs` with `agent` until `steps` agent steps or `episodes` episodes; resumable via `state`."""
+def simulate(agent, envs, steps=0, episodes=0, state=None, seed=None):
+    """Step `envs` with `agent` until `steps` agent steps or `episodes` episodes; resumable via `state`.
+
+    With `seed` (a tuple of ints), env i's resets are seeded from (seed, i, agent steps so far in this call)."""
     if state is None:
         step, episode = 0, 0
         done = np.ones(len(envs), bool)
@@ -183,7 +213,8 @@ def simulate(agent, envs, steps=0, episodes=0, state=None):
     while (steps and step < steps) or (episodes and episode < episodes):
         if done.any():
             indices = [index for index, d in enumerate(done) if d]
-            promises = [envs[i].reset(blocking=False) for i in indices]
+            seeds = [{} if seed is None else {"seed": keyed_seed(*seed, i, step)} for i in indices]
+            promises = [envs[i].reset(blocking=False, **kw) for i, kw in zip(indices, seeds)]
             for index, promise in zip(indices, promises):
                 obs[index] = promise()
         batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
@@ -221,7 +252,7 @@ class TanhBijector(tfp.bijectors.Bijector):
 
 
 class SampleDist:
-    """Mode and entropy of a distribution without closed forms, estimated from samples."""
+    """Mode and entropy of a distribution without closed forms, estimated from samples (stateless with a `seed`)."""
 
     def __init__(self, dist, samples=100):
         self._dist = dist
@@ -230,19 +261,19 @@ class SampleDist:
     def __getattr__(self, name):
         return getattr(self._dist, name)
 
-    def mean(self):
-        return tf.reduce_mean(self._dist.sample(self._samples), 0)
+    def mean(self, seed=None):
+        return tf.reduce_mean(self._dist.sample(self._samples, seed=seed), 0)
 
-    def mode(self):
-        sample = self._dist.sample(self._samples)
+    def mode(self, seed=None):
+        sample = self._dist.sample(self._samples, seed=seed)
         logprob = self._dist.log_prob(sample)
         # Pick, for every batch element, its own most likely sample.
         index = tf.argmax(logprob, 0)
         sample = tf.experimental.numpy.moveaxis(sample, 0, -2)
         return tf.gather(sample, index, axis=-2, batch_dims=len(index.shape))
 
-    def entropy(self):
-        sample = self._dist.sample(self._samples)
+    def entropy(self, seed=None):
+        sample = self._dist.sample(self._samples, seed=seed)
         return -tf.reduce_mean(self._dist.log_prob(sample), 0)
 
 
@@ -252,13 +283,16 @@ class OneHotDist(tfd.OneHotCategorical):
     def __init__(self, logits=None, probs=None, dtype=tf.float32, **kwargs):
         super().__init__(logits=logits, probs=probs, dtype=dtype, **kwargs)
 
-    def mode(self):
+    def mode(self, seed=None):  # No sampling: `seed` as for SampleDist.
         return tf.one_hot(tf.argmax(self.logits_parameter(), -1), self.event_shape_tensor()[0], dtype=self.dtype)
 
     def sample(self, sample_shape=(), seed=None, name="sample"):
         sample = tf.stop_gradient(super().sample(sample_shape, seed, name))
         probs = self.probs_parameter()
         return sample + tf.cast(probs - tf.stop_gradient(probs), sample.dtype)
+
+    def entropy(self, seed=None):
+        return super().entropy()
 
 
 def lambda_return(reward, value, pcont, bootstrap, lambda_, axis):
@@ -447,6 +481,15 @@ class Logger:
             for name, value in (videos or {}).items():
                 video_summary(name, value, step)
         self._writer.flush()
+
+    @property
+    def pending(self):
+        """Scalars added since the last write, to carry across a restart."""
+        return {k: list(v) for k, v in self._scalars.items()}
+
+    @pending.setter
+    def pending(self, scalars):
+        self._scalars = {k: list(v) for k, v in scalars.items()}
 
     def close(self):
         self._writer.flush()

@@ -204,7 +204,9 @@ class DeepMindControl:
         info = {"discount": np.array(time_step.discount, np.float32)}
         return obs, reward, time_step.last(), info
 
-    def reset(self):
+    def reset(self, seed=None):
+        if seed is not None:  # The task draws the initial state from its own random state.
+            self._env.task.random.seed(seed)
         self._store(self._env.reset())
         return self.observe()
 
@@ -265,10 +267,12 @@ class Atari:
     def action_space(self):
         return self._env.action_space
 
-    def reset(self):
+    def reset(self, seed=None):
+        if seed is not None:
+            self._seed, self._random = seed, np.random.RandomState(seed)
         with self.LOCK:
             frame, _ = self._env.reset(seed=self._seed)
-        self._seed = None  # Seed the first reset only; later ones continue the RNG.
+        self._seed = None  # Seed this reset only; later ones continue the RNG.
         for _ in range(self._random.randint(1, self._noops + 1)):
             frame, _, terminated, truncated, _ = self._env.step(0)
             if terminated or truncated:
@@ -438,9 +442,9 @@ class Gym:
     def action_space(self):
         return self._env.action_space
 
-    def reset(self):
-        self._obs, _ = self._env.reset(seed=self._seed)
-        self._seed = None  # Seed the first reset only; later ones continue the RNG.
+    def reset(self, seed=None):
+        self._obs, _ = self._env.reset(seed=self._seed if seed is None else seed)
+        self._seed = None  # Without a seed per episode, seed the first reset only; later ones continue the RNG.
         return self.observe()
 
     def step(self, action, render=True):
@@ -575,9 +579,9 @@ class TimeLimit(Wrapper):
             self._step = None
         return obs, reward, done, info
 
-    def reset(self):
+    def reset(self, **kwargs):
         self._step = 0
-        return self._env.reset()
+        return self._env.reset(**kwargs)
 
 
 class RewardObs(Wrapper):
@@ -590,8 +594,8 @@ class RewardObs(Wrapper):
         obs, reward, done, info = self._env.step(action)
         return {**obs, "reward": np.array([reward], np.float32)}, reward, done, info
 
-    def reset(self):
-        return {**self._env.reset(), "reward": np.zeros(1, np.float32)}
+    def reset(self, **kwargs):
+        return {**self._env.reset(**kwargs), "reward": np.zeros(1, np.float32)}
 
 
 class OneHotBox(spaces.Box):
@@ -640,8 +644,8 @@ class ObsDict(Wrapper):
         obs, reward, done, info = self._env.step(action)
         return {self._key: np.asarray(obs)}, reward, done, info
 
-    def reset(self):
-        return {self._key: np.asarray(self._env.reset())}
+    def reset(self, **kwargs):
+        return {self._key: np.asarray(self._env.reset(**kwargs))}
 
 
 class Collect(Wrapper):
@@ -675,8 +679,8 @@ class Collect(Wrapper):
 
         return receive() if blocking else receive
 
-    def reset(self, blocking=True):
-        promise = self._call("reset")
+    def reset(self, blocking=True, **kwargs):
+        promise = self._call("reset", **kwargs)
 
         def receive():
             obs = {k: self._convert(v) for k, v in promise().items()}
@@ -687,10 +691,10 @@ class Collect(Wrapper):
 
         return receive() if blocking else receive
 
-    def _call(self, name, *args):
+    def _call(self, name, *args, **kwargs):
         if isinstance(self._env, Async):
-            return getattr(self._env, name)(*args, blocking=False)
-        result = getattr(self._env, name)(*args)
+            return getattr(self._env, name)(*args, blocking=False, **kwargs)
+        result = getattr(self._env, name)(*args, **kwargs)
         return lambda: result
 
     def _convert(self, value):
@@ -755,8 +759,8 @@ class Async:
     def step(self, action, blocking=True):
         return self.call("step", action, blocking=blocking)
 
-    def reset(self, blocking=True):
-        return self.call("reset", blocking=blocking)
+    def reset(self, blocking=True, **kwargs):
+        return self.call("reset", blocking=blocking, **kwargs)
 
     def close(self, timeout=5):
         if self._closed:

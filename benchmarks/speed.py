@@ -24,6 +24,13 @@ Figures
   batch_ms, batch_frac_train_step  next(EpisodeStore.batches(B, T)) on synthetic saved episodes, median,
       and as a fraction of the float32 train step at the same batch (jit off).
   peak_rss_mib  ru_maxrss of each train child (model, optimizer, one batch, traced functions).
+  deterministic_cost_{train_step,policy_step}  --deterministic True over False (TensorFlow's deterministic
+      kernels), float32, jit off, first batch: step time ratio - 1 (the train children run once per value).
+  dataset_restart_ms, dataset_restart_frac_burst  --deterministic True starts a fresh data pipeline at every
+      training burst (make_dataset with `start`: no batch drawn ahead of its burst): the time to its first batch,
+      less that of a batch from a running pipeline, and that over a burst of 100 float32 train steps.
+  Env steps/s do not depend on --deterministic: the workers never run TensorFlow, and the only change there
+      (one seed per reset) is the same either way.
 
 FLOP count (flops()): 2 FLOPs per multiply-add, dense layers and convolutions only (elementwise ops,
 distributions, optimizer updates ignored); N = B*T, d = cnn_depth, u = num_units, h = deter_size
@@ -140,6 +147,7 @@ def make_agent(args, logdir):
 
     B, T = args.batch
     flags = ["--logdir", logdir, "--precision", args.precision, "--jit", str(args.jit)]
+    flags += ["--deterministic", str(args.deterministic)]
     flags += ["--batch_size", str(B), "--batch_length", str(T)]
     flags += [f"--{k}={v}" for k, v in (TINY if args.quick else DEFAULT).items()]
     config = dreamer.parse_config(flags)
@@ -163,10 +171,11 @@ def worker_train(args):
         if args.policy:
             state = (agent.world_model.dynamics.initial(1), tf.zeros((1, ACT_DIM)))
             image, reset = np.zeros((1, *IMAGE), np.uint8), np.zeros(1, bool)
+            seed = np.array([0, 0, 0], np.int32)
 
             def act():
                 nonlocal state
-                action, state = agent.policy(image, reset, state, True, 0.3)
+                action, state = agent.policy(image, reset, state, True, 0.3, seed)
                 action.numpy()
 
             timed(act, 3)
@@ -210,6 +219,14 @@ def worker_host(args):
         batches = store.batches(B, T)
         next(batches)
         result["batch_ms"] = spread(timed(lambda: next(batches), 5 if args.quick else 20), 1000)
+        config = tools.AttrDict(batch_size=B, batch_length=T, dataset_balance=False, clip_rewards="none")
+        running = iter(tools.make_dataset(store, config))
+        next(running)
+        restart = lambda: next(iter(tools.make_dataset(store, config, start=0)))
+        restart()
+        reps = 3 if args.quick else 10
+        result["restart_ms"] = statistics.median(timed(restart, reps)) * 1000
+        result["running_ms"] = statistics.median(timed(lambda: next(running), reps)) * 1000
     result["store"] = dict(episodes=episodes, length=length)
     return result
 
@@ -287,8 +304,9 @@ def record(records, name, value, unit, stats=None, **config):
     records.append(dict(name=name, value=value, unit=unit, spread=spread_, config=config))
 
 
-def train_records(records, r, precision, jit, batch, sizes, host, args):
+def train_records(records, r, precision, jit, batch, sizes, host, args, deterministic):
     cfg = dict(precision=precision, jit=jit, batch=f"{batch[0]}x{batch[1]}", sizes="tiny" if args.quick else "default")
+    cfg["deterministic"] = deterministic
     s = r["step_s"]
     record(records, "train_step_first_s", r["first_s"], "s", **cfg)
     record(records, "train_step_s", s["median"], "s", s, **cfg)
@@ -312,10 +330,25 @@ def other_records(records, host, env, train, args):
         B, T = args.batches[0]
         cfg = dict(batch=f"{B}x{T}", load_s=host["store_load_s"], **host["store"])
         record(records, "batch_ms", host["batch_ms"]["median"], "ms", host["batch_ms"], **cfg)
-        ref = train.get(("32", False, (B, T)))
+        ref = train.get(("32", False, (B, T), False))
         if ref:
             fraction = host["batch_ms"]["median"] / 1000 / ref["step_s"]["median"]
             record(records, "batch_frac_train_step", fraction, "fraction", precision="32", jit=False, **cfg)
+        restart = host["restart_ms"] - host["running_ms"]
+        cfg = dict(batch=f"{B}x{T}", restart_ms=host["restart_ms"], running_ms=host["running_ms"])
+        record(records, "dataset_restart_ms", restart, "ms", **cfg)
+        ref = train.get(("32", False, (B, T), False))
+        if ref:
+            fraction = restart / 1000 / (100 * ref["step_s"]["median"])
+            record(records, "dataset_restart_frac_burst", fraction, "fraction", train_steps=100, **cfg)
+    on, off = train.get(("32", False, args.batches[0], True)), train.get(("32", False, args.batches[0], False))
+    if on and off:
+        cfg = dict(precision="32", jit=False, batch="x".join(map(str, args.batches[0])))
+        ratio = on["step_s"]["median"] / off["step_s"]["median"] - 1
+        record(records, "deterministic_cost_train_step", ratio, "fraction", **cfg)
+        if "policy_ms" in on and "policy_ms" in off:
+            ratio = on["policy_ms"]["median"] / off["policy_ms"]["median"] - 1
+            record(records, "deterministic_cost_policy_step", ratio, "fraction", **cfg)
     if env:
         cfg = dict(task="dmc_walker_walk", action_repeat=2, steps=args.env_steps)
         record(records, "env_steps_per_s", env["render_last"], "steps/s", envs=1, render="last", **cfg)
@@ -331,7 +364,7 @@ def fmt(value):
 
 def print_table(records):
     skip = ("flops_per_step", "matmul_gflops", "load_s", "episodes", "length", "task", "action_repeat", "steps")
-    skip += ("sizes",)
+    skip += ("sizes", "restart_ms", "running_ms")
     rows = []
     for r in records:
         label = ", ".join(f"{k}={v}" for k, v in r["config"].items() if k not in skip)
@@ -350,15 +383,17 @@ def main(args):
     for precision in args.precisions:
         for jit in args.jits:
             for i, batch in enumerate(args.batches):
-                argv = ["--worker", "train", "--precision", precision, "--jit", str(jit)]
-                argv += ["--batch", f"{batch[0]}x{batch[1]}", "--timed", str(args.timed)]
-                argv += ["--policy", str(args.policy if i == 0 and not jit else 0)]
-                result = run_child(argv, args)
-                if result:
-                    train[(precision, jit, batch)] = result
+                # Both values of --deterministic for the float32 reference only, False elsewhere.
+                for deterministic in (False, True) if (precision, jit, i) == ("32", False, 0) else (False,):
+                    argv = ["--worker", "train", "--precision", precision, "--jit", str(jit)]
+                    argv += ["--batch", f"{batch[0]}x{batch[1]}", "--timed", str(args.timed)]
+                    argv += ["--policy", str(args.policy if i == 0 and not jit else 0)]
+                    result = run_child(argv + ["--deterministic", str(deterministic)], args)
+                    if result:
+                        train[(precision, jit, batch, deterministic)] = result
     records = []
-    for (precision, jit, batch), r in train.items():
-        train_records(records, r, precision, jit, batch, sizes, host, args)
+    for (precision, jit, batch, deterministic), r in train.items():
+        train_records(records, r, precision, jit, batch, sizes, host, args, deterministic)
     other_records(records, host, env, train, args)
     tf_version = (host or next(iter(train.values()), {}) or {}).get("tf")
     info = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), commit=commit(), quick=args.quick)
@@ -387,6 +422,7 @@ def parse_args(argv=None):
     parser.add_argument("--worker", choices=("train", "host", "env"), help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=("32", "bf16", "16"), help=argparse.SUPPRESS)
     parser.add_argument("--jit", default="False", help=argparse.SUPPRESS)
+    parser.add_argument("--deterministic", default="False", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=batch, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.precisions = args.precisions.split(",")

@@ -11,7 +11,7 @@ import tensorflow as tf
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import tools  # noqa: E402
 
-NAME = re.compile(r"^\d{8}T\d{6,}-[0-9a-f]{32}-(\d+)\.npz$")
+NAME = re.compile(r"^\d{6,}-(\d+)\.npz$")
 
 
 def make_episode(entries, marker=0.0, actions=2, seed=0):
@@ -94,6 +94,34 @@ def test_counts_come_from_file_names_alone(tmp_path):
     assert tools.count_episodes(tmp_path) == 2
     assert tools.count_steps(tmp_path / "missing", 2) == 0
     assert tools.count_episodes(tmp_path / "missing") == 0
+
+
+def test_numbered_names_continue_after_timestamped_ones(tmp_path):
+    # A run saved with timestamped names (before numbered ones) and resumed: the new episodes are the newest.
+    np.savez_compressed(tmp_path / "20991231T235959000000-0123456789abcdef0123456789abcdef-6.npz", **make_episode(6))
+    files = save_marked(tmp_path, 6, [2.0, 3.0])
+    assert [f.name for f in files] == ["000000-6.npz", "000001-6.npz"]
+    files[0].unlink()
+    assert save_marked(tmp_path, 6, [4.0])[0].name == "000002-6.npz"  # Never a name already used.
+    store = tools.EpisodeStore(tmp_path, capacity=10)
+    store.update()
+    assert sampled_markers(store) == {3.0, 4.0}
+
+
+def test_keyed_batches_depend_on_their_index_and_the_held_episodes_only(tmp_path):
+    save_marked(tmp_path, 9, [1.0, 2.0, 3.0])
+    store = tools.EpisodeStore(tmp_path, seed=5)
+    store.update()
+    batches = store.batches(4, 5, start=7)
+    first = [next(batches) for _ in range(3)]
+    save_marked(tmp_path, 9, [4.0])  # Not held until the next update(): no batch can see it.
+    again = next(store.batches(4, 5, start=8))
+    for key in again:
+        np.testing.assert_array_equal(first[1][key], again[key])
+    assert not np.array_equal(first[0]["image"], first[1]["image"])
+    assert set(np.unique([b["reward"] for b in first])) <= {1.0, 2.0, 3.0}
+    store.update()
+    assert 4.0 in {float(r) for i in range(20) for r in next(store.batches(4, 5, start=i))["reward"][:, 0]}
 
 
 # Robustness.

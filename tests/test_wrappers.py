@@ -314,6 +314,28 @@ def test_atari_seeded_trajectories_match():
     assert any(t[0]["image"].std() > 0 for t in a)
 
 
+def _dmc_seeded_resets():
+    env = wrappers.make_env("dmc_cartpole_swingup", seed=0)
+    first = env.reset(seed=3)
+    for _ in range(5):
+        env.step(np.ones(1, np.float32))
+    return first, env.reset(seed=3), env.reset(seed=4)
+
+
+def test_seeded_reset_repeats_the_initial_state():
+    first, again, other = clean(_dmc_seeded_resets)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key], err_msg=key)
+    assert not np.array_equal(first["position"], other["position"])
+    env = wrappers.make_env("atari_pong", time_limit=200, seed=0)
+    runs = []
+    for seed in (7, 7, 8):
+        env.reset(seed=seed)
+        runs.append([env.step(np.eye(6, dtype=np.float32)[t % 6])[0]["image"] for t in range(60)])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+
+
 def test_make_env_unknown_task():
     for task in ("foo_bar", "dmc", "walker_walk"):
         with pytest.raises(ValueError, match="dmc_") as error:

@@ -1,0 +1,75 @@
+"""--deterministic: the same seed gives the same run, also when it is split at a checkpoint and resumed."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import TINY, run_dreamer
+
+WALL_CLOCK = ("time", "fps")
+
+
+def metrics(logdir):
+    lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in WALL_CLOCK} for line in lines]
+
+
+def episodes(logdir):
+    files = sorted((logdir / "episodes").glob("*.npz"))
+    return [f.name for f in files], [dict(np.load(f)) for f in files]
+
+
+def weights(logdir):
+    reader = tf.train.load_checkpoint(str(logdir / "checkpoints"))
+    names = [name for name, _ in tf.train.list_variables(str(logdir / "checkpoints"))]
+    return {name: reader.get_tensor(name) for name in names if "save_counter" not in name}
+
+
+def assert_same_run(first, second):
+    assert metrics(first) == metrics(second)
+    names, arrays = episodes(first)
+    other_names, other_arrays = episodes(second)
+    assert names == other_names
+    for ours, theirs in zip(arrays, other_arrays):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    ours, theirs = weights(first), weights(second)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The run of the `trained_run` fixture (800 env steps, then resumed to 1200) in one go."""
+    logdir = tmp_path_factory.mktemp("straight")
+    run_dreamer(logdir, *TINY, "--steps", "1200", "--deterministic", "True")
+    return logdir
+
+
+def test_split_run_equals_uninterrupted_run(trained_run, straight):
+    split = trained_run[0]
+    assert json.loads((split / "config.json").read_text())["deterministic"] == "True"  # The default on CPU.
+    assert "Loaded checkpoint" in trained_run[2]  # It did resume.
+    steps = [line["step"] for line in metrics(straight)]
+    assert max(steps) >= 1200 and any("model_loss" in line for line in metrics(straight))
+    assert_same_run(split, straight)
+
+
+def test_another_seed_gives_other_episodes(tmp_path, straight):
+    run_dreamer(tmp_path, *TINY, "--steps", "400", "--seed", "1")
+    ours, theirs = episodes(straight)[1][:2], episodes(tmp_path)[1]
+    assert len(theirs) == 2
+    for a, b in zip(ours, theirs):
+        assert not np.array_equal(a["action"], b["action"])
+        assert not np.array_equal(a["position"][0], b["position"][0])  # Another initial state too.
+
+
+def test_parallel_envs_give_the_same_run_twice(tmp_path):
+    flags = [*TINY, "--steps", "800", "--envs", "2", "--deterministic", "True"]
+    run_dreamer(tmp_path / "a", *flags)
+    run_dreamer(tmp_path / "b", *flags)
+    assert len(episodes(tmp_path / "a")[0]) == 4
+    assert_same_run(tmp_path / "a", tmp_path / "b")
