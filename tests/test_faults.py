@@ -44,6 +44,7 @@ def test_steps_is_the_limit_and_the_last_evaluation_falls_there(tmp_path):
 def test_corrupt_checkpoint_is_skipped_and_kept(trained_run, tmp_path):
     logdir = tmp_path / "run"
     shutil.copytree(trained_run[0], logdir)
+    (logdir / "eval.jsonl").unlink(missing_ok=True)  # Another test may have evaluated the trained run.
     directory = logdir / "checkpoints"
     newest = directory / "ckpt-1200.data-00000-of-00001"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # A copy interrupted half way.
