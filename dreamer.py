@@ -165,7 +165,7 @@ HELP = dict(
     eval_episodes="test episodes of an --eval_only run",
     seed="seeds every random draw together with counters the run saves (env step, update count, episode)",
     deterministic="the same run for the same --seed, also across a resume: TensorFlow's deterministic kernels and "
-    "batches drawn at fixed points; default: True without a GPU (about 2% of a train step on CPU, see README), "
+    "batches drawn at fixed points; default: True without a GPU (about 2%% of a train step on CPU, see README), "
     "else False",
     adam_eps="Adam's epsilon for all three optimizers: 1e-4 as in the paper's TF1 code (google-research/dreamer); "
     "its TF2 reimplementation (danijar/dreamer) leaves Keras' 1e-7",

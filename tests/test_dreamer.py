@@ -376,6 +376,11 @@ def test_bad_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
     assert not logdir.exists()
 
 
+def test_help_lists_every_flag():
+    text = dreamer.make_parser().format_help()  # Raises on a stray % in a help text.
+    assert all(f"--{key}" in text for key in dreamer.define_config())
+
+
 def test_flag_parsing(tmp_path):
     config = dreamer.parse_config(["--logdir", str(tmp_path), "--steps", "1e4", "--pcont", "True", "--free_nats", "2"])
     assert config.steps == 10000 and config.pcont is True and config.free_nats == 2.0 and config.adam_eps == 1e-4
