@@ -555,21 +555,17 @@ class Dreamer:
         else:
             if not paths:
                 return None
-            print(
-                f"error: no checkpoint in {directory} reads back whole: {'; '.join(corrupt)}. Restore them from a "
-                "copy, or move them away to start over, or use a new --logdir.",
-                file=sys.stderr,
+            exit_2(
+                f"no checkpoint in {directory} reads back whole: {'; '.join(corrupt)}. Restore them from a "
+                "copy, or move them away to start over, or use a new --logdir."
             )
-            sys.exit(2)
         try:
             self._checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
-            print(
-                f"error: checkpoint {path} does not fit this run ({str(e).splitlines()[0][:300]}). Use the flags it "
-                f"was trained with (see {self._c.logdir / 'config.json'}), or a new --logdir.",
-                file=sys.stderr,
+            exit_2(
+                f"checkpoint {path} does not fit this run ({str(e).splitlines()[0][:300]}). Use the flags it "
+                f"was trained with (see {self._c.logdir / 'config.json'}), or a new --logdir."
             )
-            sys.exit(2)
         if resume:
             for bad in paths[paths.index(path) + 1 :]:
                 getattr(self._manager, "_maybe_delete", {}).pop(bad, None)  # Its list of checkpoints to rotate.
@@ -646,8 +642,7 @@ def make_envs(config, mode):
         # A worker sends its traceback: its last line is the environment's own message.
         lines = str(e).strip().splitlines() or [""]
         message = lines[-1] if isinstance(e, wrappers.WorkerError) else one_line(e)
-        print(f"error: the {mode} environment of --task {config.task} could not start: {message}", file=sys.stderr)
-        sys.exit(2)
+        exit_2(f"the {mode} environment of --task {config.task} could not start: {message}")
     return envs
 
 
@@ -665,12 +660,10 @@ def lock_logdir(logdir):
     except BlockingIOError:
         lock.seek(0)
         holder = lock.read().strip() or "another process"
-        print(
-            f"error: argument --logdir: {logdir} is in use by a training run ({holder}); wait for it to end or stop "
-            "it, or use another --logdir (--eval_only may run beside it)",
-            file=sys.stderr,
+        exit_2(
+            f"argument --logdir: {logdir} is in use by a training run ({holder}); wait for it to end or stop "
+            "it, or use another --logdir (--eval_only may run beside it)"
         )
-        sys.exit(2)
     lock.truncate(0)
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     lock.flush()
@@ -697,11 +690,7 @@ def prefill(config, envs, datadir, start, steps):
         if longest_episode(datadir) >= config.batch_length:
             return
         state = tools.simulate(agent, envs, episodes=state[1] + 1, state=state, seed=(config.seed, 2, start, more))
-    print(
-        f"error: 100 prefill episodes and none has --batch_length {config.batch_length} steps; lower --batch_length",
-        file=sys.stderr,
-    )
-    sys.exit(2)
+    exit_2(f"100 prefill episodes and none has --batch_length {config.batch_length} steps; lower --batch_length")
 
 
 def finish_episodes(agent, envs, state, seed):
@@ -739,7 +728,8 @@ def discrete_actions(config, action_space):
 
 
 def exit_2(message):
-    """Bad input found after parse_config (e.g. by an environment worker): exit as parser.error does."""
+    """Bad input or a fault found after parse_config (an environment, a checkpoint, the lock): exit as
+    parser.error does, without a traceback."""
     print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
