@@ -332,6 +332,7 @@ class Dreamer:
         self.step = step
         self.strategy = strategy or tf.distribute.get_strategy()
         self._released = False
+        self._saved = None
         self._test = (None, 0)  # Env step of the current evaluation, policy calls in it.
         with self.strategy.scope():
             self._build(dataset, image_shape, act_dim)
@@ -430,9 +431,9 @@ class Dreamer:
         if self._datasets:  # From the episodes on disk now, batch k keyed by k: as any restart would draw them.
             start = int(self.world_model.optimizer.opt.iterations.numpy())
             self._dataset = iter(self.strategy.experimental_distribute_dataset(self._datasets(start)))
-        with deferred_interrupts() as interrupted:
+        with STOP.deferred():
             for _ in range(steps):
-                if interrupted():  # Between steps: a multi-worker chief never promises a step it does not take.
+                if STOP.now():  # Between steps: a multi-worker chief never promises a step it does not take.
                     break
                 self.sync(True)
                 data = next(self._dataset)
@@ -529,6 +530,9 @@ class Dreamer:
         return f"weights sha256 {digest.hexdigest()[:16]}"
 
     def save(self):
+        if self._saved == self.step:  # Nothing changes between two calls at one env step (e.g. a stop after a test).
+            return
+        self._saved = self.step
         if self._logger:  # Scalars not yet written, for the line a resumed run writes next.
             pending = self._c.logdir / "checkpoints" / "pending.json"
             pending.parent.mkdir(parents=True, exist_ok=True)
@@ -677,26 +681,31 @@ def longest_episode(datadir):
 
 def prefill(config, envs, datadir, start, steps):
     """Random episodes for `steps` env steps from env step `start`, and on until one of at least batch_length
-    steps is complete."""
+    steps is complete (or a stop signal came)."""
     print(f"Prefill dataset with {steps} steps.", flush=True)
-    agent = random_agent(envs[0].action_space, config.seed, start, config.action_repeat)
-    state = tools.simulate(agent, envs, steps=steps // config.action_repeat, seed=(config.seed, 0, start))
-    if longest_episode(datadir) < config.batch_length:
+    agent = RandomAgent(envs[0].action_space, config.seed, start, config.action_repeat)
+    run = functools.partial(tools.simulate, agent, envs, reset_seed=reset_seed(config, agent), stop=STOP)
+    state = run(steps=steps // config.action_repeat)
+    if longest_episode(datadir) < config.batch_length and not STOP():
         print(
             f"Prefill continues until an episode of at least --batch_length {config.batch_length} steps is complete.",
             flush=True,
         )
-    for more in range(1, 101):
-        if longest_episode(datadir) >= config.batch_length:
+    for _ in range(100):
+        if longest_episode(datadir) >= config.batch_length or STOP():
             return
-        state = tools.simulate(agent, envs, episodes=state[1] + 1, state=state, seed=(config.seed, 2, start, more))
+        state = run(episodes=state[1] + 1, state=state)
     exit_2(f"100 prefill episodes and none has --batch_length {config.batch_length} steps; lower --batch_length")
 
 
-def finish_episodes(agent, envs, state, seed):
+def finish_episodes(config, agent, envs, state):
     """Step on until the episodes under way end: only complete episodes are saved."""
     unfinished = int((~state[2]).sum())
-    return tools.simulate(agent, envs, episodes=state[1] + unfinished, state=state, seed=seed) if unfinished else state
+    if not unfinished:
+        return state
+    return tools.simulate(
+        agent, envs, episodes=state[1] + unfinished, state=state, reset_seed=reset_seed(config, agent)
+    )
 
 
 def tested(logdir, step):
@@ -734,20 +743,26 @@ def exit_2(message):
     sys.exit(2)
 
 
-def random_agent(action_space, seed, step, action_repeat):
+class RandomAgent:
     """Uniform actions, drawn from (seed, env step): a prefill resumed at `step` continues the same draws."""
-    act_dim = action_space.shape[0]
-    discrete = isinstance(action_space, wrappers.OneHotBox)
 
-    def policy(obs, done, state):
-        nonlocal step
-        random = tools.keyed_random(seed, step)
-        step += len(done) * action_repeat
-        if discrete:
+    def __init__(self, action_space, seed, step=0, action_repeat=1):
+        self.step = step
+        self._space, self._seed, self._repeat = action_space, seed, action_repeat
+
+    def __call__(self, obs, done, state):
+        random = tools.keyed_random(self._seed, self.step)
+        self.step += len(done) * self._repeat
+        act_dim = self._space.shape[0]
+        if isinstance(self._space, wrappers.OneHotBox):
             return np.eye(act_dim, dtype=np.float32)[random.randint(act_dim, size=len(done))], None
-        return random.uniform(action_space.low, action_space.high, (len(done), act_dim)).astype(np.float32), None
+        low, high = self._space.low, self._space.high
+        return random.uniform(low, high, (len(done), act_dim)).astype(np.float32), None
 
-    return policy
+
+def reset_seed(config, agent):
+    """Training episodes start from (seed, env, the agent's env step): the same after a resume at that step."""
+    return lambda index, _: tools.keyed_seed(config.seed, 0, index, agent.step)
 
 
 def make_strategy(config):
@@ -823,6 +838,9 @@ def train(config, strategy=None):
         if prefilled:
             prefill(config, train_envs, datadir, step, fill)
             step = tools.count_steps(datadir, config.action_repeat)
+            if STOP():  # Its complete episodes are on disk: a rerun prefills on from there.
+                print(f"Stopped in the prefill at env step {step}; run the command again to resume.", flush=True)
+                return
         store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
         dataset = functools.partial(tools.make_dataset, store, config)
         dataset = dataset if config.deterministic else dataset()
@@ -832,8 +850,8 @@ def train(config, strategy=None):
 
         def evaluate_and_save():
             print("Start evaluation.", flush=True)
-            seed = (config.seed, 1, agent.step)
-            tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1, seed=seed)
+            seed = lambda index, calls: tools.keyed_seed(config.seed, 1, agent.step, index, calls)
+            tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1, reset_seed=seed)
             agent.save()
 
         try:
@@ -846,15 +864,21 @@ def train(config, strategy=None):
                 print(f"Resumed between evaluations: collecting {behind} steps before the next one.", flush=True)
             if (prefilled or not behind or step >= config.steps) and not tested(logdir, step):
                 evaluate_and_save()
-            while agent.step < config.steps:
+            while agent.step < config.steps and not STOP():
                 print("Start collection.", flush=True)
                 collect_steps, behind = min(behind or config.eval_every, config.steps - agent.step), 0
-                seed = (config.seed, 0, agent.step)
                 steps = -(-collect_steps // config.action_repeat)
-                state = tools.simulate(agent, train_envs, steps, state=state, seed=seed)
+                state = tools.simulate(
+                    agent, train_envs, steps, state=state, reset_seed=reset_seed(config, agent), stop=STOP
+                )
+                if STOP():  # At the end of an episode: the checkpoint and the episodes on disk are the whole run.
+                    break
                 if agent.step >= config.steps:  # The last chunk: at most one episode past --steps.
-                    state = finish_episodes(agent, train_envs, state, (config.seed, 3, agent.step))
+                    state = finish_episodes(config, agent, train_envs, state)
                 evaluate_and_save()
+            if STOP():
+                agent.save()
+                print(f"Stopped at env step {agent.step}; run the command again to resume.", flush=True)
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
@@ -909,18 +933,46 @@ def serve(config, strategy):
         print(f"Worker {name}: interrupted; the chief and the other workers stop with an error.", flush=True)
 
 
-@contextlib.contextmanager
-def deferred_interrupts():
-    """Ctrl-C and SIGTERM inside the block take effect at its end; the block polls whether one came."""
-    received = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
-    try:
-        yield lambda: bool(received)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if received:
-        raise KeyboardInterrupt
+class Stop:
+    """Ctrl-C and SIGTERM. The first asks the run to stop where its checkpoint holds all of it: after the train
+    steps and the episodes under way, so that the resumed run is the one that was not stopped. A second stops
+    at once (between two train steps in a burst); the episodes under way are then lost."""
+
+    def __init__(self):
+        self.signals = 0
+        self._deferring = False
+
+    def install(self):
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signals += 1
+        if self.signals == 1:  # Unbuffered: a print() here could land inside another one.
+            message = "Stopping after the train steps and episodes under way (again to stop at once).\n"
+            os.write(sys.stdout.fileno(), message.encode())
+        elif not self._deferring:
+            raise KeyboardInterrupt
+
+    def __call__(self):
+        return self.signals > 0
+
+    def now(self):
+        return self.signals > 1
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A second signal inside the block takes effect at its end; the block polls now()."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self.now():
+            raise KeyboardInterrupt
+
+
+STOP = Stop()
 
 
 def lost_cluster(who, error):
@@ -941,8 +993,8 @@ def evaluate(config):
         image_shape = envs[0].obs_space["image"].shape
         agent = Dreamer(config, None, None, image_shape, action_space.shape[0], 0)
         step = agent.load()
-        seed = (config.seed, 1, step or 0)
-        tools.simulate(functools.partial(agent, training=False), envs, episodes=config.eval_episodes, seed=seed)
+        seed = lambda index, calls: tools.keyed_seed(config.seed, 1, step or 0, index, calls)
+        tools.simulate(functools.partial(agent, training=False), envs, episodes=config.eval_episodes, reset_seed=seed)
     finally:
         for env in envs:
             env.close()
@@ -968,11 +1020,12 @@ def evaluate(config):
 def main(config):
     strategy = setup(config)
     config.logdir = config.logdir.expanduser()
-    # A polite kill (timeout, cluster preemption) stops like Ctrl-C: checkpoint written, run resumable.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if config.eval_only:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         evaluate(config)
     else:
+        # A polite kill (timeout, cluster preemption) stops like Ctrl-C: checkpoint written, run resumable.
+        STOP.install()
         train(config, strategy)
 
 

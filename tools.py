@@ -198,10 +198,11 @@ def preprocess(obs, config):
 # Simulation.
 
 
-def simulate(agent, envs, steps=0, episodes=0, state=None, seed=None):
+def simulate(agent, envs, steps=0, episodes=0, state=None, reset_seed=None, stop=None):
     """Step `envs` with `agent` until `steps` agent steps or `episodes` episodes; resumable via `state`.
 
-    With `seed` (a tuple of ints), env i's resets are seeded from (seed, i, agent steps so far in this call)."""
+    `reset_seed(i, step)` seeds env i's reset at agent step `step` of this call. Once `stop()` is true, the call
+    returns where an episode ends (with none under way when all end together, as fixed-length ones do)."""
     if state is None:
         step, episode = 0, 0
         done = np.ones(len(envs), bool)
@@ -211,9 +212,11 @@ def simulate(agent, envs, steps=0, episodes=0, state=None, seed=None):
     else:
         step, episode, done, length, obs, agent_state = state
     while (steps and step < steps) or (episodes and episode < episodes):
+        if stop and done.any() and stop():
+            break
         if done.any():
             indices = [index for index, d in enumerate(done) if d]
-            seeds = [{} if seed is None else {"seed": keyed_seed(*seed, i, step)} for i in indices]
+            seeds = [{} if reset_seed is None else {"seed": reset_seed(i, step)} for i in indices]
             promises = [envs[i].reset(blocking=False, **kw) for i, kw in zip(indices, seeds)]
             for index, promise in zip(indices, promises):
                 obs[index] = promise()

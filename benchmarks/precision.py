@@ -63,7 +63,7 @@ def collect(directory, seed, episodes):
     ctor = functools.partial(wrappers.make_env, "dmc_cartpole_balance", 2, 1000, seed=seed)
     env = wrappers.Collect(wrappers.Async(ctor, "process"), [lambda e: tools.save_episodes(directory, [e])])
     try:
-        agent = dreamer.random_agent(env.action_space, seed)
+        agent = dreamer.RandomAgent(env.action_space, seed)
         tools.simulate(agent, [env], episodes=episodes)
     finally:
         env.close()

@@ -1,11 +1,15 @@
 """--deterministic: the same seed gives the same run, also when it is split at a checkpoint and resumed."""
 
 import json
+import re
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY, run_dreamer
+from conftest import ROOT, TINY, run_dreamer
 
 WALL_CLOCK = ("time", "fps")
 
@@ -56,6 +60,26 @@ def test_split_run_equals_uninterrupted_run(trained_run, straight):
     steps = [line["step"] for line in metrics(straight)]
     assert max(steps) >= 1200 and any("model_loss" in line for line in metrics(straight))
     assert_same_run(split, straight)
+
+
+def test_run_stopped_by_sigterm_and_resumed_equals_uninterrupted_run(tmp_path, straight):
+    """SIGTERM in the first collection: the run goes on to the end of the episode under way, checkpoints and
+    exits; run again, it goes on to the same run as the one never stopped."""
+    command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(tmp_path), *TINY, "--steps", "1200"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("Start collection.") and len([x for x in lines if x.startswith("Start coll")]) == 1:
+            process.send_signal(signal.SIGTERM)
+    output = "".join(lines)
+    assert process.wait() == 0, output[-3000:]
+    assert "Stopping after the train steps and episodes under way" in output
+    stopped = int(re.search(r"Stopped at env step (\d+)", output).group(1))
+    assert 400 <= stopped < 1200 and stopped % 200 == 0  # At the end of an episode, before --steps.
+    resumed = run_dreamer(tmp_path, *TINY, "--steps", "1200").stdout
+    assert f"Loaded checkpoint {tmp_path}/checkpoints/ckpt-{stopped}" in resumed
+    assert_same_run(tmp_path, straight)
 
 
 def test_another_seed_gives_other_episodes(tmp_path, straight):

@@ -83,7 +83,7 @@ def free_ports(count):
 
 def run_cluster(logdir, cwd, *flags, stop_at=None):
     """Chief (worker 0) and worker 1 of --strategy multi_worker on loopback; returns both outputs. With `stop_at`,
-    the chief gets SIGTERM when it prints that line."""
+    the chief gets SIGTERM and SIGINT (stop at once) when it prints that line."""
     ports = free_ports(2)
     command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), *flags]
     command += ["--strategy", "multi_worker"]
@@ -98,6 +98,7 @@ def run_cluster(logdir, cwd, *flags, stop_at=None):
             lines.append(line)
             if stop_at and line.startswith(stop_at):
                 chief.send_signal(signal.SIGTERM)
+                chief.send_signal(signal.SIGINT)  # Another number: two of one kind may arrive as one.
         chief_out = "".join(lines)
         chief.wait(timeout=600)
         worker_out = worker.communicate(timeout=120)[0]
@@ -138,7 +139,7 @@ def test_multi_worker_trains_in_lockstep_and_only_the_chief_writes(tmp_path):
     assert not list(cwd.iterdir())
     assert "Saved checkpoint" not in worker
 
-    # Restarted, the worker rejoins from the chief's latest checkpoint. SIGTERM to the chief in the middle of a
+    # Restarted, the worker rejoins from the chief's latest checkpoint. SIGTERM and SIGINT to the chief in the middle of a
     # train burst: it finishes the step in hand, checkpoints, releases the worker, and they still agree.
     chief, worker = run_cluster(
         logdir, cwd, *SMALL, "--steps", "1e6", "--train_steps", "50", stop_at="Training for 50 steps."
