@@ -8,6 +8,12 @@ the seeds of a (task, method) are reduced at each bin into a line (--agg) and a 
   python plotting.py --indir ./logdir --outdir ./plots --tasks dmc_cartpole_balance \
       --curves ../shared/reference/dreamer_paper_curves.json \
       --baselines_file ../shared/reference/paper_baselines.json
+
+With --table it writes <outdir>/<name>.md instead and prints it: a Markdown table with one row per task and, at each
+of --table_steps, the mean ± std over seeds of every --indir method and every --curves method ("(reference)"):
+
+  python plotting.py --indir ./logdir --outdir ./plots --table --table_steps 1e5 5e5 1e6 \
+      --curves ../shared/reference/dreamer_paper_curves.json
 """
 
 import argparse
@@ -26,7 +32,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import ticker
 
-PREFIXES = ("dmc_", "atari_", "dmlab_", "gym_")
+PREFIXES = ("dmc_", "atari_", "gym_")
+MISSING = "–"  # A table cell without data.
 STATS = ("mean", "median", "min", "max")
 BANDS = ("std", "minmax", "none")
 
@@ -243,6 +250,50 @@ def aggregate(runs, bins=None, agg="mean", band="std"):
     return xs, line, line, line
 
 
+def value_at(xs, ys, step):
+    """One seed's y at step, or None: linearly interpolated between the evaluations around step (exact at an
+    evaluation); after the last evaluation its value if step lies within one evaluation interval (the median spacing
+    of the seed's evaluations) of it; None before the first evaluation or further after the last."""
+    xs, ys = bin_run(xs, ys, None)  # Sorted, duplicate xs averaged.
+    if not len(xs) or step < xs[0]:
+        return None
+    if step <= xs[-1]:
+        return float(np.interp(step, xs, ys))
+    spacing = float(np.median(np.diff(xs))) if len(xs) > 1 else 0.0
+    return float(ys[-1]) if step - xs[-1] <= spacing else None
+
+
+def table_cell(values):
+    """Mean ± population std over seeds and, in parentheses, the number of seeds; MISSING without values."""
+    if not values:
+        return MISSING
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f} ({len(values)})"
+
+
+def table(runs, curves, steps, labels=()):
+    """Markdown table of runs beside reference curves at the given x steps.
+
+    One row per task (the tasks of runs, or of curves when there are no runs); for each step one column per method
+    of runs and one per method of curves (headed "<method> (reference)"), methods renamed by labels first. Each cell
+    is table_cell() of value_at() over the seeds that have a value at that step."""
+    groups = collections.defaultdict(list)
+    for origin, items in (("", runs), (" (reference)", curves)):
+        for run in items:
+            groups[run["task"], rename(run["method"], labels) + origin].append(run)
+    columns = sorted({column for _, column in groups}, key=lambda column: (column.endswith(" (reference)"), column))
+    tasks = sorted({run["task"] for run in (runs or curves)})
+    header = ["task"] + [f"{column} @ {format_number(step)}" for step in steps for column in columns]
+    rows = [header, ["---"] * len(header)]
+    for task in tasks:
+        row = [task]
+        for step in steps:
+            for column in columns:
+                values = [value_at(run["xs"], run["ys"], step) for run in groups.get((task, column), [])]
+                row.append(table_cell([value for value in values if value is not None]))
+        rows.append(row)
+    return "".join("| " + " | ".join(row) + " |\n" for row in rows)
+
+
 def format_task(task):
     for prefix in PREFIXES:
         task = task.removeprefix(prefix)
@@ -350,7 +401,7 @@ def parse_args(argv=None):
         help="folders of <task>/<method>/<seed>/metrics.jsonl",
     )
     parser.add_argument("--outdir", default="plots")
-    parser.add_argument("--name", default="curves", help="stem of <outdir>/<name>.png and .pdf")
+    parser.add_argument("--name", default="curves", help="stem of <outdir>/<name>.png and .pdf (.md with --table)")
     parser.add_argument("--xaxis", default="step")
     parser.add_argument("--yaxis", default="test/return")
     parser.add_argument(
@@ -414,6 +465,24 @@ def parse_args(argv=None):
     parser.add_argument("--xlim", nargs=2, type=float, default=None)
     parser.add_argument("--ylim", nargs=2, type=float, default=None)
     parser.add_argument("--dpi", type=int, default=100)
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="write <outdir>/<name>.md and print it instead of plotting: a Markdown table, one row per task, for each "
+        "--table_steps one column per --indir method and one per --curves method ('(reference)'), each cell the mean "
+        "± std (population) over seeds and, in parentheses, the number of seeds. A seed's value at a step is "
+        "linearly interpolated between its evaluations around the step (exact at an evaluation); past its last "
+        "evaluation it is that evaluation's value if the step lies within one evaluation interval (the seed's median "
+        "spacing) of it, else the seed has no value there. A cell without any value shows '–'. --bins, --baselines "
+        "and the plot options are not used",
+    )
+    parser.add_argument(
+        "--table_steps",
+        nargs="+",
+        type=float,
+        default=[1e5, 5e5, 1e6],
+        help="--xaxis values of the --table columns",
+    )
     args = parser.parse_args(argv)
     if len(args.labels) % 2:
         parser.error("--labels takes pairs of regex and label")
@@ -434,10 +503,30 @@ def warn_duplicates(runs):
         sources.setdefault(key, run["source"])
 
 
+def write_table(args, runs, curves):
+    if not (runs or curves):
+        print(
+            f"error: nothing to tabulate: no usable {args.yaxis!r} data for tasks {args.tasks} and methods "
+            f"{args.methods} in --indir {args.indir} or --curves {args.curves}",
+            file=sys.stderr,
+        )
+        return 1
+    text = table(runs, curves, args.table_steps, args.labels)
+    outdir = pathlib.Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / f"{args.name}.md").write_text(text)
+    print(text, end="")
+    print(f"{len(runs)} runs, {len(curves)} reference curves -> {outdir / args.name}.md", file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     runs = load_runs(args.indir, args.xaxis, args.yaxis, args.tasks, args.methods)
-    runs += load_curves(args.curves, args.tasks, args.methods)
+    curves = load_curves(args.curves, args.tasks, args.methods)
+    if args.table:
+        return write_table(args, runs, curves)
+    runs += curves
     # Renaming before grouping lets several methods that map to one label pool their seeds.
     runs = [dict(run, method=rename(run["method"], args.labels)) for run in runs]
     warn_duplicates(runs)

@@ -282,3 +282,81 @@ def test_own_run_beside_reference_in_one_command(reference, tmp_path, capsys):
     assert plotting.main(args) == 0
     assert "1 tasks, 7 runs" in capsys.readouterr().out
     assert (tmp_path / "plots" / "curves.pdf").exists()
+
+
+def table_rows(text):
+    lines = text.strip().splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert set(lines[1].replace("|", "").split()) == {"---"}
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    return header, {row[0]: dict(zip(header[1:], row[1:])) for row in rows}
+
+
+def test_value_at_interpolates_and_stops_after_the_last_evaluation():
+    xs, ys = [5_000, 100_000, 200_000], [100, 200, 400]
+    assert plotting.value_at(xs, ys, 100_000) == 200
+    assert plotting.value_at(xs, ys, 150_000) == 300
+    assert plotting.value_at(xs, ys, 1_000) is None  # Before the first evaluation.
+    assert plotting.value_at(xs, ys, 290_000) == 400  # Within one evaluation interval (median 97.5k) of the last.
+    assert plotting.value_at(xs, ys, 300_000) is None
+
+
+def test_table_mean_std_over_seeds_reference_and_missing(tmp_path, capsys):
+    steps = [5_000, 100_000, 200_000]
+    write_run(tmp_path / "logdir", "dmc_cartpole_balance", "dreamer", 0, steps, [100, 200, 300])
+    write_run(tmp_path / "logdir", "dmc_cartpole_balance", "dreamer", 1, steps, [120, 260, 340])
+    write_run(tmp_path / "logdir", "dmc_walker_walk", "dreamer", 0, [5_000, 10_000], [30, 40])
+    curves = tmp_path / "reference.json"
+    curves.write_text(
+        json.dumps(
+            [
+                {"task": "dmc_cartpole_balance", "method": "dreamer", "seed": 0, "xs": [0, 200_000], "ys": [0, 400]},
+                {"task": "dmc_cartpole_balance", "method": "dreamer", "seed": 1, "xs": [0, 200_000], "ys": [0, 600]},
+                {"task": "dmc_cheetah_run", "method": "dreamer", "seed": 0, "xs": [0, 1e6], "ys": [0, 900]},
+            ]
+        )
+    )
+    args = ["--indir", str(tmp_path / "logdir"), "--outdir", str(tmp_path / "out"), "--name", "scores"]
+    args += ["--table", "--table_steps", "1e5", "2e5", "5e5", "--curves", str(curves)]
+    assert plotting.main(args) == 0
+    out = capsys.readouterr().out
+    text = (tmp_path / "out" / "scores.md").read_text()
+    assert out == text
+    assert not (tmp_path / "out" / "scores.png").exists()
+    header, rows = table_rows(text)
+    assert header == [
+        "task",
+        "dreamer @ 100k",
+        "dreamer (reference) @ 100k",
+        "dreamer @ 200k",
+        "dreamer (reference) @ 200k",
+        "dreamer @ 500k",
+        "dreamer (reference) @ 500k",
+    ]
+    assert list(rows) == ["dmc_cartpole_balance", "dmc_walker_walk"]  # The tasks of the runs.
+    cartpole, walker = rows["dmc_cartpole_balance"], rows["dmc_walker_walk"]
+    assert cartpole["dreamer @ 100k"] == "230.0 ± 30.0 (2)"
+    assert cartpole["dreamer @ 200k"] == "320.0 ± 20.0 (2)"
+    assert cartpole["dreamer (reference) @ 100k"] == "250.0 ± 50.0 (2)"  # Interpolated: 200 and 300.
+    assert cartpole["dreamer (reference) @ 200k"] == "500.0 ± 100.0 (2)"
+    assert cartpole["dreamer @ 500k"] == cartpole["dreamer (reference) @ 500k"] == "–"  # After the last evaluation.
+    assert set(walker.values()) == {"–"}  # Stopped at 10k; no reference curve for the task.
+
+
+def test_table_labels_and_nothing_to_tabulate(tmp_path, capsys):
+    write_run(tmp_path / "logdir", "dmc_cartpole_balance", "dreamer-32", 0, [0, 10], [1, 3])
+    args = ["--indir", str(tmp_path / "logdir"), "--outdir", str(tmp_path / "out"), "--table"]
+    assert plotting.main(args + ["--table_steps", "5", "--labels", "dreamer-.*", "mine"]) == 0
+    header, rows = table_rows(capsys.readouterr().out)
+    assert header == ["task", "mine @ 5"] and rows["dmc_cartpole_balance"]["mine @ 5"] == "2.0 ± 0.0 (1)"
+    assert plotting.main(args + ["--tasks", "atari_.*"]) == 1
+    assert "nothing to tabulate" in capsys.readouterr().err
+
+
+def test_table_beside_the_paper(reference, tmp_path, capsys):
+    write_run(tmp_path / "logdir", "dmc_cartpole_balance", "dreamer", 0, [5_000, 100_000], [150, 300])
+    args = ["--indir", str(tmp_path / "logdir"), "--outdir", str(tmp_path), "--table", "--table_steps", "1e5"]
+    assert plotting.main(args + ["--curves", str(reference / "dreamer_paper_curves.json")]) == 0
+    _, rows = table_rows(capsys.readouterr().out)
+    assert rows["dmc_cartpole_balance"]["dreamer @ 100k"] == "300.0 ± 0.0 (1)"
+    assert rows["dmc_cartpole_balance"]["dreamer (reference) @ 100k"].endswith("(5)")

@@ -85,8 +85,7 @@ def _action_repeat(configs):
         for render_every in (True, False):
             env = wrappers.DeepMindControl(task, seed=0)
             env = wrappers.TimeLimit(wrappers.ActionRepeat(env, repeat, render_every), steps)
-            start = time.perf_counter()
-            runs[render_every] = rollout(env, steps + 1), time.perf_counter() - start
+            runs[render_every] = rollout(env, steps + 1)
         results.append(runs)
     return results
 
@@ -168,20 +167,10 @@ def action_repeat_runs():
 
 def test_action_repeat_lazy_render_matches_render_every(action_repeat_runs):
     for runs, steps in zip(action_repeat_runs, (100, 25)):
-        (every, _), (lazy, _) = runs[True], runs[False]
+        every, lazy = runs[True], runs[False]
         assert len(lazy) == steps + 1 and lazy[-1][2]
         assert_same(every, lazy)
         assert len({t[1] for t in lazy}) > 2  # Rewards actually vary.
-
-
-def test_action_repeat_speedup(action_repeat_runs):
-    runs = action_repeat_runs[0]
-    speedup = runs[True][1] / runs[False][1]
-    print(
-        f"ActionRepeat(2) walker_walk, 100 agent steps: render every sub-step "
-        f"{runs[True][1]:.2f}s, last only {runs[False][1]:.2f}s, {speedup:.2f}x"
-    )
-    assert speedup > 1.3
 
 
 def test_normalize_actions_dmc():
