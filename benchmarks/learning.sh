@@ -5,7 +5,8 @@
 #   benchmarks/learning.sh [seed=0] [minutes=95] [extra dreamer.py flags...]
 #
 # The run goes to ./logdir/dmc_cartpole_balance/dreamer-<precision>/<seed> (or $LOGDIR). At the budget
-# it gets SIGTERM, writes a checkpoint and exits; running the same command again resumes it.
+# it gets SIGTERM, finishes the episode under way, writes a checkpoint and exits; running the same command
+# again resumes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seed="${1:-0}"
