@@ -4,15 +4,12 @@ import argparse
 import contextlib
 import fcntl
 import functools
-import hashlib
-import itertools
 import json
 import os
 import pathlib
 import signal
 import socket
 import sys
-import time
 
 import numpy as np
 
@@ -27,90 +24,186 @@ if __name__ != "__mp_main__":
     import tensorflow as tf
     import tensorflow_probability as tfp
 
+    import cluster
     import models
     import tools
 
     tfd = tfp.distributions
-    # How a collective op fails when another member of a multi-worker cluster is gone.
-    CLUSTER_ERRORS = (
-        tf.errors.UnavailableError,
-        tf.errors.DeadlineExceededError,
-        tf.errors.CancelledError,
-        tf.errors.AbortedError,
-    )
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 ACTIVATIONS = ("elu", "relu", "swish", "silu", "gelu", "tanh", "leaky_relu", "selu", "sigmoid")
 
+# Named flag sets for --configs.
+PRESETS = dict(
+    # The paper's Atari settings (discrete actions pick the onehot actor and epsilon_greedy by themselves).
+    atari=dict(action_repeat=4, time_limit=108000, pcont=True, expl_amount=0.4, expl_decay=int(1e5), expl_min=0.1),
+    # Tiny networks and a short schedule: a real run in about half a minute on 2 cores (tests, trying things).
+    debug=dict(
+        time_limit=200,
+        cnn_depth=4,
+        num_units=16,
+        deter_size=16,
+        stoch_size=4,
+        horizon=3,
+        batch_size=3,
+        batch_length=8,
+        prefill=400,
+        pretrain=3,
+        train_every=200,
+        train_steps=2,
+        eval_every=400,
+        log_every=400,
+    ),
+    # The CPU learning check (benchmarks/learning.sh): half-width networks, 16-sequence batches.
+    cpu_check=dict(
+        task="dmc_cartpole_balance",
+        steps=int(1e6),
+        cnn_depth=16,
+        num_units=200,
+        deter_size=100,
+        batch_size=16,
+        eval_every=5000,
+        log_every=5000,
+        log_images=False,
+    ),
+)
 
-def define_config():
-    c = {}
+# Every flag, in one place: its default, what it does and, for some, its choices. --help and the README's flag
+# table (flag_table(), checked by a test) are made from it. Defaults are the paper's.
+FLAGS = dict(
     # General.
-    c["logdir"] = pathlib.Path(".")
-    c["seed"] = 0
-    c["steps"] = int(5e6)
-    c["eval_every"] = int(1e4)
-    c["log_every"] = int(1e3)
-    c["log_scalars"] = True
-    c["log_images"] = True
-    c["gpu_growth"] = True
-    c["precision"] = "32"  # Also on GPUs, until mixed precision has been shown to learn here (README).
-    c["jit"] = False
-    c["strategy"] = "default"
-    c["replicas"] = 0
-    c["deterministic"] = None  # True without a GPU, else False.
+    logdir=(
+        pathlib.Path("."),
+        "run folder: episodes/, checkpoints/, metrics.jsonl, TensorBoard events; rerun to "
+        "resume (one training run at a time: it holds <logdir>/lock)",
+    ),
+    configs=([], "presets applied in order before the flags given (which win): " + ", ".join(PRESETS)),
+    seed=(0, "seeds every random draw together with counters the run saves (env step, update count, episode)"),
+    deterministic=(
+        None,
+        "the same run for the same --seed, also across a resume: TensorFlow's deterministic kernels "
+        "and batches drawn at fixed points; default: True without a GPU (about 2% of a train step on CPU), else False",
+    ),
+    steps=(
+        int(5e6),
+        "env steps (frames, action repeat included) to train for: collection stops there, finishing "
+        "the episode under way, and the run evaluates once at the end",
+    ),
+    eval_every=(int(1e4), "env steps between evaluations (one test episode, then a checkpoint)"),
+    log_every=(int(1e3), "env steps between lines of scalars in metrics.jsonl and TensorBoard"),
+    log_scalars=(True, "log the train step's losses, entropies and gradient norms"),
+    log_images=(True, "log open-loop video predictions and test episode videos to TensorBoard"),
+    gpu_growth=(True, "let TensorFlow allocate GPU memory as it needs it rather than all at once"),
+    precision=(
+        "32",
+        "32, 16 (mixed float16, the paper's on GPUs) or bf16 (mixed bfloat16); 32 everywhere until "
+        "mixed precision has passed the learning check (see docs/precision.md)",
+        ("16", "32", "bf16"),
+    ),
+    jit=(False, "compile the train step with XLA (slower on CPU; try it on GPUs)"),
+    strategy=(
+        "default",
+        "default: one device; mirrored: the train step on all local GPUs (or --replicas of them); "
+        "multi_worker: on several hosts, the cluster and this host's place in it from TF_CONFIG (see README)",
+        ("default", "mirrored", "multi_worker"),
+    ),
+    replicas=(
+        0,
+        "mirrored: how many local GPUs to use (0: all); without GPUs, how many logical CPU devices to split "
+        "the CPU into (for testing)",
+    ),
     # Environment.
-    c["task"] = "dmc_walker_walk"
-    c["env_module"] = ""
-    c["env_kwargs"] = "{}"
-    c["envs"] = 1
-    c["parallel"] = "process"
-    c["action_repeat"] = 2
-    c["time_limit"] = 1000
-    c["prefill"] = 5000
-    c["eval_noise"] = 0.0
-    c["clip_rewards"] = "none"
-    c["replay_size"] = int(2e6)
-    # Model.
-    c["deter_size"] = 200
-    c["stoch_size"] = 30
-    c["num_units"] = 400
-    c["dense_act"] = "elu"
-    c["cnn_act"] = "relu"
-    c["cnn_depth"] = 32
-    c["pcont"] = False
-    c["free_nats"] = 3.0
-    c["kl_scale"] = 1.0
-    c["pcont_scale"] = 10.0
-    c["weight_decay"] = 0.0
-    c["weight_decay_pattern"] = r".*"
+    task=(
+        "dmc_walker_walk",
+        "dmc_<domain>_<task> (DeepMind Control), atari_<game> (Atari) or gym_<EnvId> (any "
+        "Gymnasium id, e.g. gym_CartPole-v1; see --env_module)",
+    ),
+    env_module=(
+        "",
+        "gym_ tasks: modules to import (comma-separated) before making the environment, e.g. the one "
+        "that registers your id with gymnasium.register; importable from the working directory",
+    ),
+    env_kwargs=(
+        "{}",
+        "gym_ tasks: keyword arguments for gymnasium.make as a JSON object, e.g. "
+        """'{"render_mode": "rgb_array"}' (then the frames come from render())""",
+    ),
+    envs=(1, "environments stepped together, each in its own worker"),
+    parallel=(
+        "process",
+        "where environments run: process renders MuJoCo in workers that never import TensorFlow "
+        "(Mesa's EGL segfaults beside it); thread or none only for Atari or a non-Mesa GL",
+        ("process", "thread", "none"),
+    ),
+    action_repeat=(2, "env steps per action; the agent sees the last frame and the summed reward"),
+    time_limit=(1000, "env steps per episode (action repeat included)"),
+    prefill=(
+        5000,
+        "random env steps before training; on until an episode of at least --batch_length steps is complete",
+    ),
+    eval_noise=(0.0, "exploration noise of test episodes (they act with the actor's mode)"),
+    clip_rewards=("none", "squash rewards for the reward model: none or tanh", ("none", "tanh")),
+    replay_size=(
+        int(2e6),
+        "env steps of episodes held in memory for sampling (oldest evicted, files stay on disk); "
+        "2e6 at action repeat 2 is about 12 GiB of 64x64 frames",
+    ),
+    # World model.
+    deter_size=(200, "size of the RSSM's deterministic (GRU) state, and of its hidden layers"),
+    stoch_size=(30, "size of the RSSM's stochastic (Gaussian) state"),
+    num_units=(400, "width of the reward, value, continuation and actor networks' hidden layers"),
+    dense_act=("elu", "activation of the dense layers", ACTIVATIONS),
+    cnn_act=("relu", "activation of the encoder's and decoder's convolutions", ACTIVATIONS),
+    cnn_depth=(32, "channels of the first convolution (doubled at each of the encoder's four)"),
+    pcont=(False, "learn to predict episode ends (a continuation model), for tasks that terminate"),
+    free_nats=(3.0, "no KL gradient while the mean KL is below this many nats"),
+    kl_scale=(1.0, "weight of the KL term in the model loss"),
+    pcont_scale=(10.0, "weight of the continuation model's loss"),
+    weight_decay=(0.0, "decoupled weight decay of all three optimizers"),
+    weight_decay_pattern=(r".*", "regular expression: the variables whose names match are decayed"),
     # Training.
-    c["batch_size"] = 50
-    c["batch_length"] = 50
-    c["train_every"] = 1000
-    c["train_steps"] = 100
-    c["pretrain"] = 100
-    c["model_lr"] = 6e-4
-    c["value_lr"] = 8e-5
-    c["actor_lr"] = 8e-5
-    c["grad_clip"] = 100.0
-    c["adam_eps"] = 1e-4
-    c["dataset_balance"] = False
-    # Behavior.
-    c["discount"] = 0.99
-    c["disclam"] = 0.95
-    c["horizon"] = 15
-    c["action_dist"] = "tanh_normal"
-    c["action_init_std"] = 5.0
-    c["expl"] = "additive_gaussian"
-    c["expl_amount"] = 0.3
-    c["expl_decay"] = 0.0
-    c["expl_min"] = 0.0
+    batch_size=(50, "sequences per batch in all (the global batch: split evenly across replicas)"),
+    batch_length=(50, "steps per sequence"),
+    train_every=(1000, "env steps between training bursts"),
+    train_steps=(100, "train steps per burst"),
+    pretrain=(100, "train steps of the first burst, on the prefill"),
+    model_lr=(6e-4, "world model learning rate (Adam)"),
+    value_lr=(8e-5, "value model learning rate (Adam)"),
+    actor_lr=(8e-5, "actor learning rate (Adam)"),
+    grad_clip=(100.0, "global gradient norm each optimizer clips to"),
+    adam_eps=(
+        1e-4,
+        "Adam's epsilon for all three optimizers: 1e-4 as in the paper's TF1 code (google-research/"
+        "dreamer); its TF2 reimplementation (danijar/dreamer) leaves Keras' 1e-7",
+    ),
+    dataset_balance=(False, "sample more sequence chunks that end at an episode's last step"),
+    # Behaviour.
+    discount=(0.99, "discount factor of imagined rewards"),
+    disclam=(0.95, "lambda of the lambda-returns"),
+    horizon=(15, "imagination horizon (steps)"),
+    action_dist=(
+        "auto",
+        "actor distribution: tanh_normal for continuous actions, onehot for discrete ones "
+        "(Atari, a gym Discrete space); auto picks by the action space",
+        ("auto", "tanh_normal", "onehot"),
+    ),
+    action_init_std=(5.0, "the tanh-Normal actor's initial standard deviation"),
+    expl=(
+        "auto",
+        "exploration while collecting: additive_gaussian (continuous), epsilon_greedy (discrete) or "
+        "completely_random; auto picks by the action space",
+        ("auto", "additive_gaussian", "epsilon_greedy", "completely_random"),
+    ),
+    expl_amount=(0.3, "exploration: the Gaussian's standard deviation or epsilon"),
+    expl_decay=(0.0, "env steps over which --expl_amount halves (0: constant)"),
+    expl_min=(0.0, "floor of the decayed --expl_amount"),
     # Evaluation only.
-    c["eval_only"] = False
-    c["eval_episodes"] = 10
-    return c
-
+    eval_only=(
+        False,
+        "only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
+    ),
+    eval_episodes=(10, "test episodes of an --eval_only run"),
+)
 
 # Flags that shape the networks or their inputs: a checkpoint only fits a run with the same values.
 ARCHITECTURE = (
@@ -126,50 +219,8 @@ ARCHITECTURE = (
 )
 
 
-CHOICES = dict(
-    precision=("16", "32", "bf16"),
-    strategy=("default", "mirrored", "multi_worker"),
-    parallel=("process", "thread", "none"),
-    clip_rewards=("none", "tanh"),
-    dense_act=ACTIVATIONS,
-    cnn_act=ACTIVATIONS,
-    action_dist=("tanh_normal", "onehot"),
-    expl=("additive_gaussian", "epsilon_greedy", "completely_random"),
-)
-
-HELP = dict(
-    logdir="run folder: episodes/, checkpoints/, metrics.jsonl, TensorBoard events; rerun to resume (one training "
-    "run at a time: it holds <logdir>/lock)",
-    precision="32, 16 (mixed float16, the paper's on GPUs) or bf16 (mixed bfloat16); default 32 everywhere until "
-    "mixed precision has passed the learning check (bf16 collapsed in it before its bias-gradient fix; see README)",
-    jit="compile the train step with XLA",
-    strategy="default: one device; mirrored: the train step on all local GPUs (or --replicas of them); "
-    "multi_worker: on several hosts, the cluster and this host's place in it from TF_CONFIG (see README)",
-    replicas="mirrored: how many local GPUs to use (0: all); without GPUs, how many logical CPU devices to split "
-    "the CPU into (for testing)",
-    batch_size="sequences per batch in all (the global batch: split evenly across replicas)",
-    parallel="where environments run: process (default) renders MuJoCo in worker processes that never import "
-    "TensorFlow, which segfaults Mesa's EGL when both share a process; thread/none only for Atari or non-Mesa GL",
-    replay_size="env steps of episodes kept in memory for sampling (oldest evicted, files stay on disk); "
-    "2e6 at action repeat 2 is about 12 GiB of 64x64 frames",
-    steps="env steps (frames, action repeat included) to train for: collection stops there, finishing the episode "
-    "under way, and the run evaluates once at the end",
-    prefill="random env steps before training; on until an episode of at least --batch_length steps is complete",
-    task="dmc_<domain>_<task> (DeepMind Control), atari_<game> (Atari) or gym_<EnvId> (any Gymnasium id, e.g. "
-    "gym_CartPole-v1; see --env_module)",
-    env_module="gym_ tasks: modules to import (comma-separated) before making the environment, e.g. the one that "
-    "registers your id with gymnasium.register; importable from the working directory",
-    env_kwargs="gym_ tasks: keyword arguments for gymnasium.make as a JSON object, e.g. "
-    """'{"render_mode": "rgb_array"}' (then the frames come from render())""",
-    eval_only="only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
-    eval_episodes="test episodes of an --eval_only run",
-    seed="seeds every random draw together with counters the run saves (env step, update count, episode)",
-    deterministic="the same run for the same --seed, also across a resume: TensorFlow's deterministic kernels and "
-    "batches drawn at fixed points; default: True without a GPU (about 2%% of a train step on CPU, see README), "
-    "else False",
-    adam_eps="Adam's epsilon for all three optimizers: 1e-4 as in the paper's TF1 code (google-research/dreamer); "
-    "its TF2 reimplementation (danijar/dreamer) leaves Keras' 1e-7",
-)
+def define_config():
+    return {key: value[0] for key, value in FLAGS.items()}
 
 
 def parse_bool(value):
@@ -192,105 +243,121 @@ def parse_int(value):
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
-    parser.add_argument("--logdir", type=pathlib.Path, required=True, help=HELP["logdir"])
-    for key, value in define_config().items():
+    for key, (default, text, *choices) in FLAGS.items():
+        kind = {bool: parse_bool, int: parse_int, float: float}.get(type(default), str)
+        kwargs = dict(type=kind, default=default, choices=choices[0] if choices else None, help=text.replace("%", "%%"))
         if key == "logdir":
-            continue
-        kind = {bool: parse_bool, int: parse_int, float: float}.get(type(value), str)
-        kind = parse_bool if key == "deterministic" else kind
-        parser.add_argument(f"--{key}", type=kind, default=value, choices=CHOICES.get(key), help=HELP.get(key))
+            kwargs.update(type=pathlib.Path, required=True, default=None)
+        if key == "configs":
+            kwargs.update(nargs="+", choices=tuple(PRESETS))
+        if key == "deterministic":
+            kwargs.update(type=parse_bool)
+        parser.add_argument(f"--{key}", **kwargs)
     return parser
 
 
 def parse_config(argv=None):
+    """The flags: parsed (presets first), checked, and checked against the run already in --logdir."""
     parser = make_parser()
-    config = tools.AttrDict(vars(parser.parse_args(argv)))
+    config = parse(parser, argv)
+    checks = [flag_problem, logdir_problem]
+    if config.task.startswith(("atari_", "dmc_")):  # Their action spaces are known before an environment starts.
+        checks.insert(1, lambda config: action_problem(config, discrete=config.task.startswith("atari_")))
+    for check in checks:
+        problem = check(config)
+        if problem:
+            parser.error(problem)
+    return config
+
+
+def parse(parser, argv):
+    """Flags over the presets of --configs over the defaults."""
+    configs = parser.parse_known_args(argv)[0].configs
+    for name in configs:
+        parser.set_defaults(**PRESETS[name])
+    return tools.AttrDict(vars(parser.parse_args(argv)))
+
+
+def flag_problem(config):
+    """What is wrong with the flags on their own, as an argparse error message, or ''."""
     suite = config.task.split("_", 1)[0]
     try:  # Looks names up without making a GL context: safe beside TensorFlow.
         wrappers.check_task(config.task)
     except ValueError as e:
-        parser.error(f"argument --task: {e}")
+        return f"argument --task: {e}"
     if suite == "gym":
         try:  # Imports the modules and looks up the id; the environment is only made in the workers.
             wrappers.gym_check(config.task.split("_", 1)[1], config.env_module, config.env_kwargs)
         except ValueError as e:
-            parser.error(str(e))
+            return str(e)
     elif config.env_module or config.env_kwargs != "{}":
-        parser.error("argument --env_module/--env_kwargs: only gym_<EnvId> tasks take them")
+        return "argument --env_module/--env_kwargs: only gym_<EnvId> tasks take them"
     if suite == "dmc" and config.parallel != "process" and os.environ.get("DREAMER_ALLOW_TF_RENDER") != "1":
-        parser.error(
+        return (
             f"argument --parallel: {config.parallel!r} would render MuJoCo inside the TensorFlow process, which "
             "segfaults with Mesa's EGL; use --parallel process (or set DREAMER_ALLOW_TF_RENDER=1 for NVIDIA EGL)"
         )
     positive = ("steps", "envs", "action_repeat", "batch_size", "batch_length", "horizon", "cnn_depth", "num_units")
     for key in positive + ("deter_size", "stoch_size", "eval_every", "log_every", "train_every", "time_limit"):
         if config[key] <= 0:
-            parser.error(f"argument --{key}: must be positive, got {config[key]}")
+            return f"argument --{key}: must be positive, got {config[key]}"
     if config.batch_length < 2 or (config.log_images and config.batch_length <= 5):
-        parser.error("argument --batch_length: must be at least 2 (and above 5 with --log_images True)")
+        return "argument --batch_length: must be at least 2 (and above 5 with --log_images True)"
     length = -(-config.time_limit // config.action_repeat) + 1  # Steps of a full episode, the reset one included.
     if length < config.batch_length:
-        parser.error(
+        return (
             f"argument --batch_length: episodes of --time_limit {config.time_limit} at --action_repeat "
             f"{config.action_repeat} have {length} steps, fewer than --batch_length {config.batch_length}; lower it "
             "or raise --time_limit"
         )
     if config.seed < 0:
-        parser.error(f"argument --seed: must be 0 or positive, got {config.seed}")
+        return f"argument --seed: must be 0 or positive, got {config.seed}"
     if config.replicas < 0:
-        parser.error(f"argument --replicas: must be 0 (all GPUs) or positive, got {config.replicas}")
+        return f"argument --replicas: must be 0 (all GPUs) or positive, got {config.replicas}"
     if config.strategy == "multi_worker" and not config.eval_only:
-        problem = tf_config_problem(os.environ.get("TF_CONFIG"))
+        problem = cluster.tf_config_problem(os.environ.get("TF_CONFIG"))
         if problem:
-            parser.error(f"--strategy multi_worker: {problem}. {TF_CONFIG_EXAMPLE}")
+            return f"--strategy multi_worker: {problem}. {cluster.TF_CONFIG_EXAMPLE}"
+    return ""
+
+
+def action_problem(config, discrete):
+    """Resolves --action_dist and --expl auto for the action space; what cannot work with it, or ''."""
+    if config.action_dist == "auto":
+        config.action_dist = "onehot" if discrete else "tanh_normal"
+    if config.expl == "auto":
+        config.expl = "epsilon_greedy" if discrete else "additive_gaussian"
+    if discrete:
+        print(f"{config.task} has discrete actions: --action_dist {config.action_dist}, --expl {config.expl}.")
+    if discrete and (config.action_dist != "onehot" or config.expl == "additive_gaussian"):
+        return (
+            f"argument --action_dist/--expl: {config.task} has discrete actions, which --action_dist "
+            f"{config.action_dist} with --expl {config.expl} would send as invalid one-hot vectors; use --action_dist "
+            "onehot (or auto) and --expl epsilon_greedy or completely_random (or auto)"
+        )
+    return ""
+
+
+def logdir_problem(config):
+    """What keeps the flags from fitting the run already in --logdir, or ''."""
     if config.eval_only and not (config.logdir / "checkpoints" / "checkpoint").exists():
-        parser.error(f"argument --eval_only: no checkpoint in {config.logdir}/checkpoints; train a run there first")
-    if suite == "atari":
-        # Discrete actions: an actor without one-hot outputs would send invalid actions to the game.
-        if config.action_dist != "onehot":
-            print(f"Atari has discrete actions: using --action_dist onehot instead of {config.action_dist}.")
-            config.action_dist = "onehot"
-        if config.expl == "additive_gaussian":
-            print("Atari has discrete actions: using --expl epsilon_greedy instead of additive_gaussian.")
-            config.expl = "epsilon_greedy"
-    # A gym_ task's action_dist is only known once its environment is made (see discrete_actions).
-    problem = mismatch_problem(config, skip=("action_dist",) if suite == "gym" else ())
-    if problem:
-        parser.error(problem)
-    return config
+        return f"argument --eval_only: no checkpoint in {config.logdir}/checkpoints; train a run there first"
+    # A gym_ task's actions are only known once its environment is made (see discrete_actions).
+    return mismatch_problem(config, skip=("action_dist",) if config.action_dist == "auto" else ())
 
 
-TF_CONFIG_EXAMPLE = (
-    "Set TF_CONFIG on every host to the same cluster and that host's own index, e.g. on the first of two hosts: "
-    'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
-)
-
-
-def tf_config_problem(text):
-    """What is wrong with a TF_CONFIG value for --strategy multi_worker, or None."""
-    if not text:
-        return "the TF_CONFIG environment variable is not set"
-    try:
-        tf_config = json.loads(text)
-    except json.JSONDecodeError as e:
-        return f"TF_CONFIG is not valid JSON ({e})"
-    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
-    if not isinstance(cluster, dict) or not (cluster.get("worker") or cluster.get("chief")):
-        return 'TF_CONFIG has no "cluster" with a "worker" list of host:port addresses'
-    for kind, addresses in cluster.items():
-        if kind not in ("chief", "worker"):
-            return f'TF_CONFIG\'s cluster has a {kind!r} job; only "chief" and "worker" take part in training'
-        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
-            return f'TF_CONFIG\'s cluster "{kind}" must be a list of "host:port" strings, got {addresses!r}'
-    task = tf_config.get("task")
-    if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        return 'TF_CONFIG has no "task" saying which cluster member this host is'
-    kind, index = task["type"], task["index"]
-    if kind not in cluster:
-        return f"TF_CONFIG's task type {kind!r} is not a job of its cluster ({', '.join(cluster)})"
-    if not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
-        return f"TF_CONFIG's task index {index!r} is unknown: its cluster lists {len(cluster[kind])} {kind} address(es)"
-    return None
+def flag_table():
+    """The README's flag table, from FLAGS."""
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for key, (default, text, *_) in FLAGS.items():
+        if key in ("logdir", "configs"):
+            default = "required" if key == "logdir" else "none"
+        elif isinstance(default, int) and not isinstance(default, bool) and default >= 10000:
+            default = f"{default:.0e}".replace("e+0", "e").replace("e+", "e")
+        elif default is None or default == "":
+            default = "auto" if key == "deterministic" else "none"
+        rows.append(f"| `--{key}` | `{default}` | {text} |")
+    return "\n".join(rows)
 
 
 def config_mismatch(config, skip=()):
@@ -331,7 +398,6 @@ class Dreamer:
         self._act_dim = act_dim
         self.step = step
         self.strategy = strategy or tf.distribute.get_strategy()
-        self._released = False
         self._saved = None
         self._test = (None, 0)  # Env step of the current evaluation, policy calls in it.
         with self.strategy.scope():
@@ -349,8 +415,7 @@ class Dreamer:
         ):
             modules = module.modules if name == "model" else [module]
             print(f"Found {sum(models.count_params(m) for m in modules)} {name} parameters.")
-        self.next_train = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.next_log = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.train_every, self.log_every = tools.Every(c.train_every), tools.Every(c.log_every)
         latent = self.world_model.dynamics.initial(1)
         state_spec = (
             {k: tf.TensorSpec([None, v.shape[-1]], v.dtype) for k, v in latent.items()},
@@ -370,16 +435,14 @@ class Dreamer:
             ],
         )
         self._openl = tf.function(self.world_model.openl)
-        self._dataset, self._datasets = None, None
+        self.batches, self._datasets = None, None
         if callable(dataset):
             self._datasets, dataset = dataset, dataset(0)
         if dataset is not None:
             dataset = self.strategy.experimental_distribute_dataset(dataset)
-            self._dataset = None if self._datasets else iter(dataset)
+            self.batches = None if self._datasets else iter(dataset)
             self.train = tf.function(self._train, input_signature=[dataset.element_spec], jit_compile=c.jit)
-        # Multi-worker: the chief tells the other workers before every train step whether one follows.
-        add = lambda flag: self.strategy.reduce("SUM", self.strategy.run(lambda: flag), axis=None)
-        self._sync = tf.function(add, input_signature=[scalar(tf.int32)])
+        self.handshake = cluster.Handshake(self.strategy)
         wm, ac = self.world_model, self.behavior
         self._checkpoint = tf.train.Checkpoint(
             encoder=wm.encoder,
@@ -390,16 +453,16 @@ class Dreamer:
             model_opt=wm.optimizer.opt,
             actor_opt=ac.actor_opt.opt,
             value_opt=ac.value_opt.opt,
-            next_train=self.next_train,
-            next_log=self.next_log,
+            next_train=self.train_every.next,
+            next_log=self.log_every.next,
         )
         self._manager = tf.train.CheckpointManager(self._checkpoint, c.logdir / "checkpoints", max_to_keep=2)
 
     def __call__(self, obs, reset, state=None, training=True):
         # A due burst runs before any action, test episodes' too: an evaluation at env step S sees every
         # update due by S, as in the paper's code (and the first one, after the prefill, the pretraining).
-        trains = self._dataset is not None or self._datasets is not None
-        if trains and self.step >= self.next_train.numpy():
+        trains = self.batches is not None or self._datasets is not None
+        if trains and self.train_every.due(self.step):
             self._train_burst()
         if state is None:
             latent = self.world_model.dynamics.initial(len(reset))
@@ -426,53 +489,29 @@ class Dreamer:
 
     def _train_burst(self):
         c = self._c
-        steps = c.pretrain if self.next_train.numpy() == 0 else c.train_steps
+        steps = c.train_steps if self.train_every.started else c.pretrain
         print(f"Training for {steps} steps.", flush=True)
         if self._datasets:  # From the episodes on disk now, batch k keyed by k: as any restart would draw them.
             start = int(self.world_model.optimizer.opt.iterations.numpy())
-            self._dataset = iter(self.strategy.experimental_distribute_dataset(self._datasets(start)))
+            self.batches = iter(self.strategy.experimental_distribute_dataset(self._datasets(start)))
         with STOP.deferred():
             for _ in range(steps):
                 if STOP.now():  # Between steps: a multi-worker chief never promises a step it does not take.
                     break
-                self.sync(True)
-                data = next(self._dataset)
+                self.handshake(True)
+                data = next(self.batches)
                 metrics = self.train(data)
                 if c.log_scalars:
                     for name, value in metrics.items():
                         self._logger.scalar(name, value)
-        self.next_train.assign((self.step // c.train_every + 1) * c.train_every)
-        if self.step >= self.next_log.numpy():
+        self.train_every.done(self.step)
+        if self.log_every.due(self.step):
             self._logger.scalar("expl_amount", self.expl_amount())
             if c.log_images:
                 data = tf.nest.map_structure(lambda x: self.strategy.experimental_local_results(x)[0], data)
                 self._logger.video("agent/openl", self._openl(data).numpy())
             self._logger.write(self.step, fps=True)
-            self.next_log.assign((self.step // c.log_every + 1) * c.log_every)
-
-    @property
-    def multi_worker(self):
-        return isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-    def sync(self, more):
-        """Multi-worker: whether another train step follows. The chief decides; the other workers learn it."""
-        if not self.multi_worker:
-            return more
-        return bool(self._sync(tf.constant(int(more), tf.int32)).numpy() > 0)
-
-    def release(self):
-        """Chief: tell the other workers that no train step follows (once)."""
-        if not self._released:
-            self._released = True
-            self.sync(False)
-
-    def serve(self):
-        """The train loop of a non-chief worker: train steps in lockstep with the chief until it stops."""
-        steps = 0
-        while self.sync(False):
-            self.train(next(self._dataset))
-            steps += 1
-        return steps
+            self.log_every.done(self.step)
 
     def _train(self, data):
         # Stateless noise from the run's seed and the update count: the same samples on resume and for any
@@ -483,12 +522,25 @@ class Dreamer:
         return {k: self.strategy.reduce("MEAN", v, axis=None) for k, v in metrics.items()}
 
     def _train_replica(self, data, seed):
+        """One train step in the paper's order. As in the paper's code, all three gradients are taken at the weights
+        the step starts with: behaviour is learned from the world model before its update is applied."""
+        wm, ac = self.world_model, self.behavior
         model_seed, behavior_seed = tf.unstack(tf.random.split(seed))
-        behavior = lambda post: self.behavior.train(post, self.world_model, behavior_seed)
-        post, metrics = self.world_model.train(data, model_seed, behavior)
-        feat = tf.stop_gradient(self.world_model.dynamics.get_feat(post))
+        with tf.GradientTape() as model_tape:
+            model_loss, post, metrics = wm.loss(data, model_seed)
+        with tf.GradientTape() as actor_tape:
+            feat = ac.imagine_ahead(ac.start_states(post), wm.dynamics, behavior_seed)
+            returns, weights = ac.returns(feat, wm.heads)
+            actor_loss = -tf.reduce_mean(weights * returns)
+        with tf.GradientTape() as value_tape:
+            value_loss = ac.value_loss(feat, returns, weights)
+        metrics.update(actor_loss=actor_loss, value_loss=value_loss)
+        metrics.update(ac.actor_opt(actor_tape, actor_loss))
+        metrics.update(ac.value_opt(value_tape, value_loss))
+        metrics.update(wm.optimizer(model_tape, model_loss))
+        feat = tf.stop_gradient(wm.dynamics.get_feat(post))
         entropy_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-        metrics["action_ent"] = tf.reduce_mean(self.behavior.actor(feat).entropy(seed=entropy_seed))
+        metrics["action_ent"] = tf.reduce_mean(ac.actor(feat).entropy(seed=entropy_seed))
         return metrics
 
     def _policy(self, image, reset, state, training, amount, seed):
@@ -520,14 +572,6 @@ class Dreamer:
             coin = tf.random.stateless_uniform(tf.shape(action)[:1], coin_seed)
             return tf.where(coin[:, None] < amount, random, action)
         raise NotImplementedError(expl)
-
-    def digest(self):
-        """A fingerprint of all network weights, to check that workers agree."""
-        weights = self.world_model.variables + self.behavior.actor.weights + self.behavior.value.weights
-        digest = hashlib.sha256()
-        for weight in weights:
-            digest.update(np.asarray(weight.numpy()).tobytes())
-        return f"weights sha256 {digest.hexdigest()[:16]}"
 
     def save(self):
         if self._saved == self.step:  # Nothing changes between two calls at one env step (e.g. a stop after a test).
@@ -606,12 +650,16 @@ def one_line(error):
     return f"{type(error).__name__}: {first[:200]}"
 
 
+def summarize(config, episode):
+    """An episode's return and its length in env steps (its first entry is the reset observation)."""
+    return float(episode["reward"].astype(np.float64).sum()), (len(episode["reward"]) - 1) * config.action_repeat
+
+
 def process_episode(config, logger, mode, datadir, episode):
     if mode == "train":
         tools.save_episodes(datadir, [episode])
     step = tools.count_steps(datadir, config.action_repeat)
-    length = (len(episode["reward"]) - 1) * config.action_repeat
-    ret = float(episode["reward"].astype(np.float64).sum())
+    ret, length = summarize(config, episode)
     print(f"{mode.title()} episode of length {length} with return {ret:.1f}.", flush=True)
     scalars = {f"{mode}/return": ret, f"{mode}/length": length, "episodes": tools.count_episodes(datadir)}
     videos = {f"sim/{mode}/video": episode["image"][None]} if mode == "test" and config.log_images else {}
@@ -720,20 +768,12 @@ def tested(logdir, step):
 
 
 def discrete_actions(config, action_space):
-    """A gym_ task learns that its actions are discrete from its environment: then, as for Atari (see
-    parse_config), the actor is onehot and exploration epsilon_greedy; its logdir is checked with them."""
-    if not config.task.startswith("gym_"):
-        return
-    if isinstance(action_space, wrappers.OneHotBox):
-        if config.action_dist != "onehot":
-            print(f"{config.task} has discrete actions: using --action_dist onehot instead of {config.action_dist}.")
-            config.action_dist = "onehot"
-        if config.expl == "additive_gaussian":
-            print(f"{config.task} has discrete actions: using --expl epsilon_greedy instead of additive_gaussian.")
-            config.expl = "epsilon_greedy"
-    problem = mismatch_problem(config)
-    if problem:
-        exit_2(problem)
+    """A gym_ task's --action_dist and --expl auto resolve once its environment tells its action space; its logdir
+    is checked with them."""
+    if config.task.startswith("gym_"):
+        problem = action_problem(config, isinstance(action_space, wrappers.OneHotBox)) or mismatch_problem(config)
+        if problem:
+            exit_2(problem)
 
 
 def exit_2(message):
@@ -784,11 +824,6 @@ def make_strategy(config):
     return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(count)])
 
 
-def is_chief(strategy):
-    """The worker that collects episodes and writes summaries and checkpoints (the only one without multi_worker)."""
-    return strategy.extended.should_checkpoint
-
-
 def setup(config):
     for gpu in tf.config.list_physical_devices("GPU"):  # Before the strategy starts the devices.
         if config.gpu_growth:
@@ -818,8 +853,8 @@ def setup(config):
 
 
 def train(config, strategy=None):
-    if strategy is not None and not is_chief(strategy):
-        return serve(config, strategy)
+    if strategy is not None and not cluster.is_chief(strategy):
+        return cluster.serve(config, strategy, functools.partial(Dreamer, config, None, step=0, strategy=strategy))
     logdir, datadir = config.logdir, config.logdir / "episodes"
     train_envs, test_envs = make_envs(config, "train"), make_envs(config, "test")
     discrete_actions(config, train_envs[0].action_space)
@@ -882,55 +917,14 @@ def train(config, strategy=None):
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
-        except CLUSTER_ERRORS as e:
+        except cluster.ERRORS as e:
             agent.save()  # Local, no collectives: the weights so far, for the restarted cluster.
-            sys.exit(lost_cluster("the chief", e))
+            sys.exit(cluster.lost("the chief", e))
     finally:
         for env in train_envs + test_envs:
             env.close()
         logger.close()
-    if agent.multi_worker:
-        try:
-            agent.release()
-            print(f"Chief: stopped the other workers; {agent.digest()}.", flush=True)
-            agent.sync(False)  # Leave together: a worker that exits first looks crashed to the chief.
-        except CLUSTER_ERRORS as e:
-            sys.exit(lost_cluster("the chief", e))
-
-
-def serve(config, strategy):
-    """A non-chief worker of --strategy multi_worker: trains with the chief on the shared episode folder and
-    writes nothing; its variables start from the chief's latest checkpoint."""
-    datadir = config.logdir / "episodes"
-    resolver = strategy.cluster_resolver
-    name = f"{resolver.task_type} {resolver.task_id}"
-    print(f"Worker {name}: training with the chief on {datadir}.", flush=True)
-    # Its own sampling seed (the chief's is --seed), so that the workers train on different batches.
-    seed = config.seed + 1000 * (1 + resolver.task_id)
-    store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, seed)
-    for waited in itertools.count():
-        store.update()
-        try:  # One episode is enough: the chief finishes its prefill before it builds the agent with us.
-            example = store.sample(config.batch_length)
-            break
-        except ValueError:
-            if waited % 60 == 0:
-                print(f"Worker {name}: waiting for the chief's first episode in {datadir}.", flush=True)
-            time.sleep(1)
-    image_shape, act_dim = example["image"].shape[1:], example["action"].shape[-1]
-    if config.task.startswith("gym_"):  # The chief learned them from the environment (see discrete_actions).
-        saved = json.loads((config.logdir / "config.json").read_text())
-        config.action_dist, config.expl = saved["action_dist"], saved["expl"]
-    agent = Dreamer(config, None, tools.make_dataset(store, config), image_shape, act_dim, 0, strategy)
-    agent.load()
-    try:
-        steps = agent.serve()
-        print(f"Worker {name}: the chief stopped after {steps} train steps together; {agent.digest()}.", flush=True)
-        agent.sync(False)  # Leave with the chief.
-    except CLUSTER_ERRORS as e:
-        sys.exit(lost_cluster(f"worker {name}", e))
-    except KeyboardInterrupt:
-        print(f"Worker {name}: interrupted; the chief and the other workers stop with an error.", flush=True)
+    cluster.leave(agent)
 
 
 class Stop:
@@ -975,13 +969,6 @@ class Stop:
 STOP = Stop()
 
 
-def lost_cluster(who, error):
-    return (
-        f"error: {who} lost a member of the cluster ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
-        "Restart every worker with its command: they resume from the chief's latest checkpoint."
-    )
-
-
 def evaluate(config):
     """Test episodes of the latest checkpoint; writes only eval.jsonl and eval/, never the training state."""
     episodes = []
@@ -1004,8 +991,7 @@ def evaluate(config):
     returns = []
     with (config.logdir / "eval.jsonl").open("a") as f:
         for index, episode in enumerate(episodes):
-            ret = float(episode["reward"].astype(np.float64).sum())
-            length = (len(episode["reward"]) - 1) * config.action_repeat
+            ret, length = summarize(config, episode)
             returns.append(ret)
             f.write(json.dumps({"step": step, "episode": index, "return": ret, "length": length}) + "\n")
             tools.write_video(outdir / f"{step}-{index}.mp4", episode["image"])

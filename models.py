@@ -189,10 +189,7 @@ class DenseDecoder(layers.Layer):
         self.out = Dense(int(np.prod(self._shape)))
 
     def call(self, features):
-        x = tf.cast(features, self.compute_dtype)
-        for dense in self.hidden:
-            x = dense(x)
-        x = tf.cast(self.out(x), tf.float32)
+        x = mlp(features, self.hidden, self.out, self.compute_dtype)
         x = tf.reshape(x, tf.concat([tf.shape(features)[:-1], self._shape], 0))
         if self._dist == "normal":
             return tfd.Independent(tfd.Normal(x, 1.0), len(self._shape))
@@ -246,10 +243,7 @@ class ActionDecoder(layers.Layer):
         return "normal" if self._dist == "tanh_normal" else "uniform"
 
     def _params(self, features):
-        x = tf.cast(features, self.compute_dtype)
-        for dense in self.hidden:
-            x = dense(x)
-        x = tf.cast(self.out(x), tf.float32)
+        x = mlp(features, self.hidden, self.out, self.compute_dtype)
         if self._dist == "tanh_normal":
             mean, std = tf.split(x, 2, -1)
             mean = self._mean_scale * tf.tanh(mean / self._mean_scale)
@@ -258,6 +252,14 @@ class ActionDecoder(layers.Layer):
         if self._dist == "onehot":
             return x
         raise NotImplementedError(self._dist)
+
+
+def mlp(features, hidden, out, dtype):
+    """Dense layers computed in `dtype`, their output in float32."""
+    x = tf.cast(features, dtype)
+    for dense in hidden:
+        x = dense(x)
+    return tf.cast(out(x), tf.float32)
 
 
 def count_params(module):
@@ -286,16 +288,7 @@ class WorldModel:
         for head in self.heads.values():
             head(feat)
         self.variables = [v for m in self.modules for v in m.trainable_variables]
-        self.optimizer = tools.Optimizer(
-            "model",
-            self.variables,
-            c.model_lr,
-            eps=c.adam_eps,
-            clip=c.grad_clip,
-            wd=c.weight_decay,
-            wd_pattern=c.weight_decay_pattern,
-            precision=c.precision,
-        )
+        self.optimizer = optimizer(c, "model", self.variables, c.model_lr)
 
     def loss(self, data, seed):
         c = self._c
@@ -318,16 +311,6 @@ class WorldModel:
         metrics["post_ent"] = tf.reduce_mean(post_dist.entropy())
         metrics.update({f"{k}_loss": -v for k, v in likes.items()})
         return loss, post, metrics
-
-    def train(self, data, seed, behavior=None):
-        """One update of the world model. `behavior(post)`, behaviour learning, runs before the update is
-        applied: as in the paper's code, every gradient of a train step is taken at the same weights."""
-        with tf.GradientTape() as tape:
-            loss, post, metrics = self.loss(data, seed)
-        if behavior:
-            metrics.update(behavior(post))
-        metrics.update(self.optimizer(tape, loss))
-        return post, metrics
 
     def openl(self, data):
         """Open-loop video: 5 frames observed, the rest predicted from actions; rows truth, model, error."""
@@ -357,17 +340,16 @@ class ActorCritic:
         feat = tf.zeros((1, feat_size))
         self.actor(feat).mode()
         self.value(feat)
-        kw = dict(
-            eps=c.adam_eps,
-            clip=c.grad_clip,
-            wd=c.weight_decay,
-            wd_pattern=c.weight_decay_pattern,
-            precision=c.precision,
-        )
-        self.actor_opt = tools.Optimizer("actor", self.actor.trainable_variables, c.actor_lr, **kw)
-        self.value_opt = tools.Optimizer("value", self.value.trainable_variables, c.value_lr, **kw)
+        self.actor_opt = optimizer(c, "actor", self.actor.trainable_variables, c.actor_lr)
+        self.value_opt = optimizer(c, "value", self.value.trainable_variables, c.value_lr)
 
-    def imagine(self, start, dynamics, seed):
+    def start_states(self, post):
+        """Every posterior state of a batch, as a batch of start states for imagination (no gradient into them)."""
+        if self._c.pcont:  # The last step could be terminal.
+            post = {k: v[:, :-1] for k, v in post.items()}
+        return {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]])) for k, v in post.items()}
+
+    def imagine_ahead(self, start, dynamics, seed):
         """Roll the prior `horizon` steps from every start state with actions sampled from the actor."""
         c, rows = self._c, tf.shape(start["deter"])[0]
         act_seed, stoch_seed = tf.unstack(tf.random.split(seed))
@@ -381,26 +363,26 @@ class ActorCritic:
         states = tf.scan(step, (swap(act_noise), swap(stoch_noise)), start)
         return dynamics.get_feat(states)
 
-    def train(self, post, world_model, seed):
+    def returns(self, feat, heads):
+        """λ-returns of imagined features [horizon, N, feat] from predicted rewards and values, and each step's
+        weight: the probability, under the continuation model, that the trajectory has not ended before it."""
         c = self._c
-        if c.pcont:  # The last step could be terminal.
-            post = {k: v[:, :-1] for k, v in post.items()}
-        start = {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]])) for k, v in post.items()}
-        with tf.GradientTape() as actor_tape:
-            feat = self.imagine(start, world_model.dynamics, seed)
-            reward = world_model.heads["reward"](feat).mode()
-            if c.pcont:
-                pcont = world_model.heads["pcont"](feat).mean()
-            else:
-                pcont = c.discount * tf.ones_like(reward)
-            value = self.value(feat).mode()
-            returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], c.disclam, axis=0)
-            weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
-            actor_loss = -tf.reduce_mean(weights * returns)
-        with tf.GradientTape() as value_tape:
-            value_pred = self.value(tf.stop_gradient(feat[:-1]))
-            value_loss = -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
-        metrics = dict(actor_loss=actor_loss, value_loss=value_loss)
-        metrics.update(self.actor_opt(actor_tape, actor_loss))
-        metrics.update(self.value_opt(value_tape, value_loss))
-        return metrics
+        reward = heads["reward"](feat).mode()
+        if c.pcont:
+            pcont = heads["pcont"](feat).mean()
+        else:
+            pcont = c.discount * tf.ones_like(reward)
+        value = self.value(feat).mode()
+        returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], c.disclam, axis=0)
+        weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
+        return returns, weights
+
+    def value_loss(self, feat, returns, weights):
+        value_pred = self.value(tf.stop_gradient(feat[:-1]))
+        return -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
+
+
+def optimizer(config, name, variables, lr):
+    c = config
+    kwargs = dict(wd=c.weight_decay, wd_pattern=c.weight_decay_pattern, precision=c.precision)
+    return tools.Optimizer(name, variables, lr, eps=c.adam_eps, clip=c.grad_clip, **kwargs)

@@ -195,6 +195,25 @@ def preprocess(obs, config):
     return obs
 
 
+class Every:
+    """A schedule in env steps: due at the first step, then at the first step at or after each multiple of `every`.
+    Its next due step is a variable, for the checkpoint."""
+
+    def __init__(self, every):
+        self.every = every
+        self.next = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    @property
+    def started(self):
+        return self.next.numpy() > 0
+
+    def due(self, step):
+        return step >= self.next.numpy()
+
+    def done(self, step):
+        self.next.assign((step // self.every + 1) * self.every)
+
+
 # Simulation.
 
 
@@ -263,9 +282,6 @@ class SampleDist:
 
     def __getattr__(self, name):
         return getattr(self._dist, name)
-
-    def mean(self, seed=None):
-        return tf.reduce_mean(self._dist.sample(self._samples, seed=seed), 0)
 
     def mode(self, seed=None):
         sample = self._dist.sample(self._samples, seed=seed)
@@ -346,10 +362,6 @@ class Optimizer:
         if self._scaled:
             self.opt = keras.optimizers.LossScaleOptimizer(self.opt)
         self.opt.build(variables)
-
-    @property
-    def variables(self):
-        return self._variables
 
     def __call__(self, tape, loss):
         with tape:
@@ -445,7 +457,7 @@ def video_summary(name, video, step, max_frames=200, fps=20):
 class Logger:
     """metrics.jsonl lines, TensorBoard scalars (agent/..., sim/...) and GIFs, flushed at every write."""
 
-    SIM = ("episodes", "fps", "steps")
+    SIM = ("episodes", "fps")
 
     def __init__(self, logdir, step=0):
         self._logdir = pathlib.Path(logdir)

@@ -52,12 +52,12 @@ def main():
     single = build(flags, None, batch)
     single.save()  # The same initial weights for both.
     before = weights(single)
-    metrics = single.train(next(single._dataset))
+    metrics = single.train(next(single.batches))
     after = weights(single)
     other = build([*flags, "--strategy", "mirrored", "--replicas", "2"], mirrored, batch)
     other.load()
     assert all(np.array_equal(a, b) for a, b in zip(weights(other), before)), "not the same initial weights"
-    data = next(other._dataset)
+    data = next(other.batches)
     shapes = [x.shape[0] for x in mirrored.experimental_local_results(data["image"])]
     other_metrics = other.train(data)
     result = weights(other)

@@ -230,7 +230,7 @@ def test_train_and_policy_trace_once(agent):
     expected |= {"action_ent", "model_grad_norm", "actor_grad_norm", "value_grad_norm"}
     assert expected <= set(metrics) and all(np.isfinite(v.numpy()) for v in metrics.values())
     assert agent.train.experimental_get_tracing_count() == 1
-    agent.next_train.assign(10**9)  # Act only: no training burst inside the policy calls.
+    agent.train_every.next.assign(10**9)  # Act only: no training burst inside the policy calls.
     state, reset = None, np.array([True])
     for step in range(4):
         image = np.random.randint(0, 256, (1, 64, 64, 3), np.uint8)
