@@ -356,7 +356,7 @@ def flag_table():
             default = f"{default:.0e}".replace("e+0", "e").replace("e+", "e")
         elif default is None or default == "":
             default = "auto" if key == "deterministic" else "none"
-        rows.append(f"| `--{key}` | `{default}` | {text} |")
+        rows.append(f"| `--{key}` | `{default}` | {text.replace('<', '&lt;').replace('>', '&gt;')} |")
     return "\n".join(rows)
 
 

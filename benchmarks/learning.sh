@@ -20,10 +20,7 @@ logdir="${LOGDIR:-./logdir/dmc_cartpole_balance/dreamer-${precision}/${seed}}"
 echo "Learning check: seed ${seed}, ${minutes} minutes, logdir ${logdir}."
 status=0
 timeout --signal=TERM --kill-after=300 "${minutes}m" \
-  python dreamer.py --logdir "${logdir}" --task dmc_cartpole_balance --seed "${seed}" --steps 1e6 \
-  --cnn_depth 16 --num_units 200 --deter_size 100 --batch_size 16 --batch_length 50 \
-  --train_every 1000 --train_steps 100 --pretrain 100 --prefill 5000 \
-  --eval_every 5000 --log_every 5000 --log_images False --precision 32 "$@" || status=$?
+  python dreamer.py --logdir "${logdir}" --configs cpu_check --seed "${seed}" --precision 32 "$@" || status=$?
 # 124: the budget ran out and the run stopped cleanly (checkpoint written).
 if [[ ${status} -ne 0 && ${status} -ne 124 ]]; then exit "${status}"; fi
 python - "${logdir}" <<'PY'

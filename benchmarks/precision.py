@@ -127,6 +127,7 @@ def main():
     collect(args.episodes, args.seed, args.num_episodes)
     config = tools.AttrDict(dreamer.define_config())
     config.update(sizes, seed=args.seed, log_images=False, logdir=pathlib.Path("/nonexistent"))
+    config.update(action_dist="tanh_normal", expl="additive_gaussian")  # What auto picks for cartpole.
     store = tools.EpisodeStore(args.episodes, seed=args.seed)
     store.update()
     batches = store.batches(config.batch_size, config.batch_length)

@@ -127,17 +127,6 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
 
 
-def random_batch(B, T, rng):
-    import numpy as np
-
-    return dict(
-        image=rng.integers(0, 256, (B, T, *IMAGE), dtype=np.uint8),
-        action=rng.uniform(-1, 1, (B, T, ACT_DIM)).astype(np.float32),
-        reward=rng.normal(size=(B, T)).astype(np.float32),
-        discount=np.ones((B, T), np.float32),
-    )
-
-
 def make_agent(args, logdir):
     import numpy as np
     import tensorflow as tf
@@ -152,7 +141,7 @@ def make_agent(args, logdir):
     flags += [f"--{k}={v}" for k, v in (TINY if args.quick else DEFAULT).items()]
     config = dreamer.parse_config(flags)
     dreamer.setup(config)
-    data = random_batch(B, T, np.random.default_rng(0))
+    data = tools.random_batch(B, T, ACT_DIM, image=IMAGE)
     dataset = tf.data.Dataset.from_tensors(data).repeat().map(lambda x: tools.preprocess(x, config))
     agent = dreamer.Dreamer(config, NullLogger(), dataset, IMAGE, ACT_DIM, step=0)
     return agent, next(iter(dataset))

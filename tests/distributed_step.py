@@ -41,14 +41,7 @@ def main():
     mirrored = dreamer.setup(mirrored_config)  # Splits the CPU into 2 logical devices first.
     assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
     config = dreamer.parse_config(flags)
-    rng = np.random.default_rng(0)
-    B, T = config.batch_size, config.batch_length
-    batch = dict(
-        image=rng.integers(0, 256, (B, T, *IMAGE), dtype=np.uint8),
-        action=rng.uniform(-1, 1, (B, T, ACT_DIM)).astype(np.float32),
-        reward=rng.normal(size=(B, T)).astype(np.float32),
-        discount=np.ones((B, T), np.float32),
-    )
+    batch = tools.random_batch(config.batch_size, config.batch_length, ACT_DIM)
     single = build(flags, None, batch)
     single.save()  # The same initial weights for both.
     before = weights(single)

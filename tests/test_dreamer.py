@@ -5,23 +5,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY, run_dreamer
+from conftest import ROOT, TINY, run_dreamer
 
 import dreamer
 import models
 import tools
 
-TINY_MODEL = "--cnn_depth 4 --num_units 16 --deter_size 16 --stoch_size 4 --horizon 3 --batch_size 3 --batch_length 8"
-
-
-def random_data(batch, length, act_dim, seed=0):
-    rng = np.random.RandomState(seed)
-    return dict(
-        image=rng.randint(0, 256, (batch, length, 64, 64, 3)).astype(np.uint8),
-        action=rng.uniform(-1, 1, (batch, length, act_dim)).astype(np.float32),
-        reward=rng.randn(batch, length).astype(np.float32),
-        discount=np.ones((batch, length), np.float32),
-    )
+TINY_MODEL = "--configs debug"  # Tiny networks, batches of 3 sequences of 8 steps, imagination horizon 3.
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +21,7 @@ def agent(tmp_path_factory):
         ["--logdir", str(logdir), "--task", "dmc_walker_walk", "--precision", "32"] + TINY_MODEL.split()
     )
     dreamer.setup(config)
-    batches = [random_data(3, 8, 6, seed) for seed in range(4)]
+    batches = [tools.random_batch(3, 8, 6, seed) for seed in range(4)]
     dataset = tf.data.Dataset.from_tensor_slices({k: np.stack([b[k] for b in batches]) for k in batches[0]})
     dataset = dataset.repeat().map(lambda x: tools.preprocess(x, config))
     return dreamer.Dreamer(config, None, dataset, (64, 64, 3), 6, step=0), dataset
@@ -193,17 +183,32 @@ def test_actor_sample_from_noise_has_the_actors_distribution(dist):
 # Optimizers and train step.
 
 
+def behavior_losses(agent, data, seed):
+    """The actor and value losses of a train step from `seed`, at the weights the agent has now (eagerly)."""
+    wm, ac = agent.world_model, agent.behavior
+    model_seed, behavior_seed = tf.unstack(tf.random.split(seed))
+    _, post, _ = wm.loss(data, model_seed)
+    feat = ac.imagine_ahead(ac.start_states(post), wm.dynamics, behavior_seed)
+    returns, weights = ac.returns(feat, wm.heads)
+    return -tf.reduce_mean(weights * returns), ac.value_loss(feat, returns, weights)
+
+
 def test_each_optimizer_changes_only_its_own_variables(agent):
     agent, dataset = agent
     wm, ac = agent.world_model, agent.behavior
     data = next(iter(dataset))
     groups = dict(model=wm.variables, actor=ac.actor.trainable_variables, value=ac.value.trainable_variables)
     before = {k: snapshot(v) for k, v in groups.items()}
-    post, _ = wm.train(data, SEED)
+    with tf.GradientTape() as tape:
+        loss, _, _ = wm.loss(data, SEED)
+    wm.optimizer(tape, loss)
     assert any(changed(before["model"], groups["model"]))
     assert not any(changed(before["actor"], groups["actor"]) + changed(before["value"], groups["value"]))
     before = {k: snapshot(v) for k, v in groups.items()}
-    ac.train(post, wm, SEED)
+    with tf.GradientTape(persistent=True) as tape:
+        actor_loss, value_loss = behavior_losses(agent, data, SEED)
+    ac.actor_opt(tape, actor_loss)
+    ac.value_opt(tape, value_loss)
     assert not any(changed(before["model"], groups["model"]))  # The actor loss moves no world-model variable.
     assert any(changed(before["actor"], groups["actor"])) and any(changed(before["value"], groups["value"]))
     assert wm.optimizer.opt.iterations.numpy() == 1 and ac.actor_opt.opt.iterations.numpy() == 1
@@ -211,14 +216,18 @@ def test_each_optimizer_changes_only_its_own_variables(agent):
 
 
 def test_behavior_learns_at_the_world_models_weights_before_its_update(agent):
-    # The paper's code takes all three gradients of a step at the same weights; tf.function keeps this
-    # program order for every variable's reads and writes.
+    # The paper's code takes all three gradients of a step at the same weights; tf.function keeps the train
+    # step's program order (behaviour learning before the updates) for every variable's reads and writes.
     agent, dataset = agent
-    wm = agent.world_model
-    before, seen = snapshot(wm.variables), []
-    wm.train(next(iter(dataset)), SEED, lambda post: seen.append(snapshot(wm.variables)) or {"seen": 1.0})
-    assert len(seen) == 1 and all(np.array_equal(a, b) for a, b in zip(seen[0], before))
-    assert any(changed(before, wm.variables))
+    data = next(iter(dataset))
+    iterations = tf.cast(agent.world_model.optimizer.opt.iterations, tf.int64)
+    seed = tf.stack([tf.constant(agent._c.seed, tf.int64), iterations])  # As Dreamer._train draws it.
+    expected = behavior_losses(agent, data, seed)
+    metrics = agent.train(data)
+    assert np.isclose(metrics["actor_loss"], expected[0], rtol=1e-5)
+    assert np.isclose(metrics["value_loss"], expected[1], rtol=1e-5)
+    after = behavior_losses(agent, data, seed)  # At the updated weights: other losses.
+    assert not np.isclose(metrics["actor_loss"], after[0], rtol=1e-5)
 
 
 def test_train_and_policy_trace_once(agent):
@@ -246,7 +255,7 @@ def test_mixed_precision_train_step_is_finite(tmp_path, precision, dtype):
     config = dreamer.parse_config(flags)
     dreamer.setup(config)
     try:
-        data = tools.preprocess(random_data(3, 8, 6), config)
+        data = tools.preprocess(tools.random_batch(3, 8, 6), config)
         agent = dreamer.Dreamer(config, None, tf.data.Dataset.from_tensors(data), (64, 64, 3), 6, step=0)
         for _ in range(2):
             metrics = agent.train(data)
@@ -338,7 +347,7 @@ def test_parameter_counts_for_walker_walk(tmp_path, capsys):
     reward = dense(feat, units) + dense(units, units) + dense(units, 1)
     actor = dense(feat, units) + 3 * dense(units, units) + dense(units, 2 * act)
     value = dense(feat, units) + 2 * dense(units, units) + dense(units, 1)
-    dataset = tf.data.Dataset.from_tensors(tools.preprocess(random_data(1, 2, act), config))
+    dataset = tf.data.Dataset.from_tensors(tools.preprocess(tools.random_batch(1, 2, act), config))
     dreamer.Dreamer(config, None, dataset, (64, 64, 3), act, step=0)
     out = capsys.readouterr().out
     assert f"Found {encoder + rssm + decoder + reward} model parameters." in out
@@ -365,6 +374,9 @@ def test_parameter_counts_for_walker_walk(tmp_path, capsys):
         (["--task", "atari_notagame"], "Unknown Atari game 'notagame'"),
         (["--task", "atari_notagame"], "known games (as atari_<game>): adventure, air_raid,"),
         (["--time_limit", "40"], "have 21 steps, fewer than --batch_length 50"),
+        (["--configs", "atar"], "argument --configs: invalid choice: 'atar'"),
+        (["--task", "atari_pong", "--action_dist", "tanh_normal"], "atari_pong has discrete actions"),
+        (["--task", "atari_pong", "--expl", "additive_gaussian"], "invalid one-hot vectors"),
     ],
 )
 def test_bad_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
@@ -379,6 +391,26 @@ def test_bad_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
 def test_help_lists_every_flag():
     text = dreamer.make_parser().format_help()  # Raises on a stray % in a help text.
     assert all(f"--{key}" in text for key in dreamer.define_config())
+    assert all(len(text) > 10 for _, text, *_ in dreamer.FLAGS.values())
+
+
+def test_readme_flag_table_is_generated_from_the_flags():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- flags start -->\n")[1].split("\n<!-- flags end -->")[0]
+    assert table == dreamer.flag_table(), "regenerate it: python -c 'import dreamer; print(dreamer.flag_table())'"
+
+
+def test_configs_apply_presets_in_order_and_flags_win(tmp_path):
+    argv = ["--logdir", str(tmp_path), "--configs", "cpu_check", "debug", "--batch_size", "5"]
+    config = dreamer.parse_config(argv)
+    assert config.task == "dmc_cartpole_balance" and config.steps == 10**6 and config.log_images is False  # cpu_check
+    assert config.num_units == 16 and config.eval_every == 400  # debug, after cpu_check
+    assert config.batch_size == 5 and config.configs == ["cpu_check", "debug"]
+    assert config.action_dist == "tanh_normal" and config.expl == "additive_gaussian"  # auto, continuous actions
+    config = dreamer.parse_config(["--logdir", str(tmp_path), "--task", "atari_pong", "--configs", "atari"])
+    assert (config.action_repeat, config.time_limit, config.pcont) == (4, 108000, True)
+    assert (config.expl_amount, config.expl_decay, config.expl_min) == (0.4, 10**5, 0.1)
+    assert config.action_dist == "onehot" and config.expl == "epsilon_greedy"  # auto, discrete actions
 
 
 def test_flag_parsing(tmp_path):
@@ -398,6 +430,8 @@ def metrics(logdir):
 
 def test_run_trains_checkpoints_and_resumes(trained_run):
     logdir, first, second, checkpoint = trained_run
+    saved = json.loads((logdir / "config.json").read_text())  # The resolved values of --configs debug and auto.
+    assert saved["configs"] == "['debug']" and saved["num_units"] == "16" and saved["action_dist"] == "tanh_normal"
     assert "Prefill dataset" in first and "Prefill dataset" not in second
     assert "Loaded checkpoint" in second and "ckpt-800" in checkpoint
     assert "Training for 3 steps." in first and "Training for 3 steps." not in second  # Pretrain runs once.
@@ -440,7 +474,7 @@ def test_atari_run_acts_with_valid_one_hot_actions(tmp_path):
     flags = TINY_MODEL.split() + ["--task", "atari_pong", "--action_repeat", "4", "--time_limit", "400"]
     flags += "--prefill 400 --pretrain 2 --train_every 400 --train_steps 1 --eval_every 400 --steps 800".split()
     result = run_dreamer(tmp_path, *flags, "--log_images", "False", "--precision", "32")
-    assert "using --action_dist onehot" in result.stdout and "epsilon_greedy" in result.stdout
+    assert "atari_pong has discrete actions: --action_dist onehot, --expl epsilon_greedy" in result.stdout
     episodes = sorted((tmp_path / "episodes").glob("*.npz"))
     assert len(episodes) == 2  # A prefill and an agent episode, both stepped through OneHotAction's check.
     action = np.load(episodes[-1])["action"][1:]

@@ -67,7 +67,7 @@ def discrete_run(tmp_path_factory):
 
 def test_discrete_actions_render_frames_and_vector_observations(discrete_run):
     logdir, (first, _, _) = discrete_run
-    assert "has discrete actions: using --action_dist onehot" in first and "using --expl epsilon_greedy" in first
+    assert "has discrete actions: --action_dist onehot, --expl epsilon_greedy" in first
     config = json.loads((logdir / "config.json").read_text())
     assert config["action_dist"] == "onehot" and config["expl"] == "epsilon_greedy"
     for episode in episodes(logdir):
