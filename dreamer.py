@@ -36,7 +36,7 @@ ACTIVATIONS = ("elu", "relu", "swish", "silu", "gelu", "tanh", "leaky_relu", "se
 # Named flag sets for --configs.
 PRESETS = dict(
     # The paper's Atari settings (discrete actions pick the onehot actor and epsilon_greedy by themselves).
-    atari=dict(action_repeat=4, time_limit=108000, pcont=True, expl_amount=0.4, expl_decay=int(1e5), expl_min=0.1),
+    atari=dict(action_repeat=4, time_limit=108000, pcont=True, expl_amount=0.4, expl_decay=1e5, expl_min=0.1),
     # Tiny networks and a short schedule: a real run in about half a minute on 2 cores (tests, trying things).
     debug=dict(
         time_limit=200,
@@ -576,13 +576,13 @@ class Dreamer:
     def save(self):
         if self._saved == self.step:  # Nothing changes between two calls at one env step (e.g. a stop after a test).
             return
-        self._saved = self.step
         if self._logger:  # Scalars not yet written, for the line a resumed run writes next.
             pending = self._c.logdir / "checkpoints" / "pending.json"
             pending.parent.mkdir(parents=True, exist_ok=True)
             pending.with_suffix(".tmp").write_text(json.dumps({"step": self.step, "scalars": self._logger.pending}))
             pending.with_suffix(".tmp").rename(pending)
         path = self._manager.save(checkpoint_number=self.step)
+        self._saved = self.step
         print(f"Saved checkpoint {path}.", flush=True)
 
     def load(self, resume=False):
@@ -729,20 +729,24 @@ def longest_episode(datadir):
 
 def prefill(config, envs, datadir, start, steps):
     """Random episodes for `steps` env steps from env step `start`, and on until one of at least batch_length
-    steps is complete (or a stop signal came)."""
+    steps is complete. Returns whether a stop signal ended it early (where an episode ended)."""
     print(f"Prefill dataset with {steps} steps.", flush=True)
     agent = RandomAgent(envs[0].action_space, config.seed, start, config.action_repeat)
     run = functools.partial(tools.simulate, agent, envs, reset_seed=reset_seed(config, agent), stop=STOP)
     state = run(steps=steps // config.action_repeat)
-    if longest_episode(datadir) < config.batch_length and not STOP():
+    if state[0] < 0:
+        return True
+    if longest_episode(datadir) < config.batch_length:
         print(
             f"Prefill continues until an episode of at least --batch_length {config.batch_length} steps is complete.",
             flush=True,
         )
     for _ in range(100):
-        if longest_episode(datadir) >= config.batch_length or STOP():
-            return
+        if longest_episode(datadir) >= config.batch_length:
+            return False
         state = run(episodes=state[1] + 1, state=state)
+        if state[1] < 0:
+            return True
     exit_2(f"100 prefill episodes and none has --batch_length {config.batch_length} steps; lower --batch_length")
 
 
@@ -871,9 +875,9 @@ def train(config, strategy=None):
         fill = max(0, min(config.prefill, config.steps) - step)  # --steps bounds the prefill too.
         prefilled = bool(fill) or longest_episode(datadir) < config.batch_length
         if prefilled:
-            prefill(config, train_envs, datadir, step, fill)
+            stopped = prefill(config, train_envs, datadir, step, fill)
             step = tools.count_steps(datadir, config.action_repeat)
-            if STOP():  # Its complete episodes are on disk: a rerun prefills on from there.
+            if stopped:  # Its complete episodes are on disk: a rerun prefills on from there.
                 print(f"Stopped in the prefill at env step {step}; run the command again to resume.", flush=True)
                 return
         store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
@@ -899,21 +903,20 @@ def train(config, strategy=None):
                 print(f"Resumed between evaluations: collecting {behind} steps before the next one.", flush=True)
             if (prefilled or not behind or step >= config.steps) and not tested(logdir, step):
                 evaluate_and_save()
-            while agent.step < config.steps and not STOP():
+            while agent.step < config.steps:
                 print("Start collection.", flush=True)
                 collect_steps, behind = min(behind or config.eval_every, config.steps - agent.step), 0
                 steps = -(-collect_steps // config.action_repeat)
                 state = tools.simulate(
                     agent, train_envs, steps, state=state, reset_seed=reset_seed(config, agent), stop=STOP
                 )
-                if STOP():  # At the end of an episode: the checkpoint and the episodes on disk are the whole run.
+                if state[0] < 0:  # Stopped where an episode ended: the checkpoint and the episodes are the run.
+                    agent.save()
+                    print(f"Stopped at env step {agent.step}; run the command again to resume.", flush=True)
                     break
                 if agent.step >= config.steps:  # The last chunk: at most one episode past --steps.
                     state = finish_episodes(config, agent, train_envs, state)
                 evaluate_and_save()
-            if STOP():
-                agent.save()
-                print(f"Stopped at env step {agent.step}; run the command again to resume.", flush=True)
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
@@ -1009,9 +1012,12 @@ def main(config):
     if config.eval_only:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         evaluate(config)
-    else:
-        # A polite kill (timeout, cluster preemption) stops like Ctrl-C: checkpoint written, run resumable.
+    elif cluster.is_chief(strategy):
+        # A polite kill (timeout, cluster preemption) stops like Ctrl-C, and the resumed run is the one not stopped.
         STOP.install()
+        train(config, strategy)
+    else:  # Another worker of a multi_worker cluster: stops at once, and the chief with an error.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         train(config, strategy)
 
 

@@ -62,24 +62,27 @@ def test_split_run_equals_uninterrupted_run(trained_run, straight):
     assert_same_run(split, straight)
 
 
-def test_run_stopped_by_sigterm_and_resumed_equals_uninterrupted_run(tmp_path, straight):
-    """SIGTERM in the first collection: the run goes on to the end of the episode under way, checkpoints and
-    exits; run again, it goes on to the same run as the one never stopped."""
-    command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(tmp_path), *TINY, "--steps", "1200"]
+def test_run_stopped_by_sigterm_and_resumed_equals_uninterrupted_run(tmp_path):
+    """SIGTERM in the burst at env step 600: the run goes on through the evaluation at 700 (its chunks do not end
+    with episodes) to the end of the episode under way at 800, checkpoints and exits; run again, it goes on to the
+    same run as the one never stopped."""
+    flags = [*TINY, "--eval_every", "300", "--steps", "1000"]
+    run_dreamer(tmp_path / "straight", *flags)
+    logdir = tmp_path / "stopped"
+    command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), *flags]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if line.startswith("Start collection.") and len([x for x in lines if x.startswith("Start coll")]) == 1:
+        if line.startswith("Training for") and len([x for x in lines if x.startswith("Training for")]) == 2:
             process.send_signal(signal.SIGTERM)
     output = "".join(lines)
     assert process.wait() == 0, output[-3000:]
     assert "Stopping after the train steps and episodes under way" in output
-    stopped = int(re.search(r"Stopped at env step (\d+)", output).group(1))
-    assert 400 <= stopped < 1200 and stopped % 200 == 0  # At the end of an episode, before --steps.
-    resumed = run_dreamer(tmp_path, *TINY, "--steps", "1200").stdout
-    assert f"Loaded checkpoint {tmp_path}/checkpoints/ckpt-{stopped}" in resumed
-    assert_same_run(tmp_path, straight)
+    assert "Saved checkpoint" in output.split("Stopping after")[1].split("Stopped at env step 800;")[0]  # At 700.
+    resumed = run_dreamer(logdir, *flags).stdout
+    assert f"Loaded checkpoint {logdir}/checkpoints/ckpt-800" in resumed
+    assert_same_run(logdir, tmp_path / "straight")
 
 
 def test_another_seed_gives_other_episodes(tmp_path, straight):
