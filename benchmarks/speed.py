@@ -128,7 +128,6 @@ def peak_rss_mib():
 
 
 def make_agent(args, logdir):
-    import numpy as np
     import tensorflow as tf
 
     import dreamer

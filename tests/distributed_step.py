@@ -36,7 +36,7 @@ def weights(agent):
 
 
 def main():
-    logdir, flags = sys.argv[1], ["--logdir", sys.argv[1], *sys.argv[2:]]
+    flags = ["--logdir", sys.argv[1], *sys.argv[2:]]
     mirrored_config = dreamer.parse_config([*flags, "--strategy", "mirrored", "--replicas", "2"])
     mirrored = dreamer.setup(mirrored_config)  # Splits the CPU into 2 logical devices first.
     assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync

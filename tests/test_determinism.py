@@ -1,7 +1,7 @@
 """--deterministic: the same seed gives the same run, also when it is split at a checkpoint and resumed."""
 
 import json
-import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +83,26 @@ def test_run_stopped_by_sigterm_and_resumed_equals_uninterrupted_run(tmp_path):
     resumed = run_dreamer(logdir, *flags).stdout
     assert f"Loaded checkpoint {logdir}/checkpoints/ckpt-800" in resumed
     assert_same_run(logdir, tmp_path / "straight")
+
+
+def test_two_resumes_after_kill_9_are_identical(tmp_path):
+    """kill -9 in the burst at env step 600: the checkpoint of 400 and the episodes to 600 are left. Two copies
+    of that logdir, resumed, are the same run (neither is the uninterrupted one)."""
+    command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(tmp_path / "a"), *TINY, "--steps", "1e6"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = 0
+    for line in process.stdout:
+        seen += line.startswith("Training for")
+        if seen == 2:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert (tmp_path / "a" / "checkpoints" / "ckpt-400.index").exists()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for copy in ("a", "b"):
+        resumed = run_dreamer(tmp_path / copy, *TINY, "--steps", "800").stdout
+        assert "Loaded checkpoint" in resumed and "ckpt-400" in resumed
+    assert_same_run(tmp_path / "a", tmp_path / "b")
 
 
 def test_another_seed_gives_other_episodes(tmp_path, straight):
