@@ -17,6 +17,7 @@ float16, `model_loss_scale` and `*_skipped` (the fraction of steps skipped for n
 
 import argparse
 import functools
+import math
 import os
 import pathlib
 import platform
@@ -83,17 +84,19 @@ def build(config, precision, example, act_dim, weights=None):
 
 
 def table(step, sums, count, precisions):
-    print(f"\nAfter {step} train steps (means over the last {count}):")
+    """Means over the last `count` steps; a float16 step skipped for non-finite gradients counts in *_skipped
+    and is left out of the other means (its gradient norm is inf)."""
+    print(f"\nAfter {step} train steps (means over the last {count}, finite values):")
     print(
         f"{'metric':>18} "
         + " ".join(f"{p:>12}" for p in precisions)
         + "".join(f"{p + ' rel':>10}" for p in precisions[1:])
     )
     for name in SHOWN:
-        values = [sums[p].get(name) for p in precisions]
-        if all(v is None for v in values):
+        values = [sums[p][name][0] / sums[p][name][1] if sums[p].get(name, (0, 0))[1] else None for p in precisions]
+        if all(name not in sums[p] for p in precisions):
             continue
-        cells = " ".join(f"{'-' if v is None else f'{v / count:.4g}':>12}" for v in values)
+        cells = " ".join(f"{'-' if v is None else f'{v:.4g}':>12}" for v in values)
         base = values[0]
         rel = ""
         for v in values[1:]:
@@ -149,7 +152,8 @@ def main():
             seconds[precision] += time.time() - begin
             metrics["imag_return"] = -metrics["actor_loss"]
             for name, value in metrics.items():
-                sums[precision][name] = sums[precision].get(name, 0.0) + value
+                total, finite = sums[precision].get(name, (0.0, 0))
+                sums[precision][name] = (total + value, finite + 1) if math.isfinite(value) else (total, finite)
         count += 1
         if step % args.every == 0 or step == args.steps:
             table(step, sums, count, precisions)
