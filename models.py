@@ -41,20 +41,59 @@ class Dense(layers.Dense):
         return self.activation(bias_add(keras.ops.matmul(x, self.kernel), self.bias))
 
 
+def half_convs_are_slow():
+    """TensorFlow's CPU kernels for the gradients of a convolution, and so for a transposed convolution, are
+    5-20x slower in bfloat16 and 2-4x slower in float16 than in float32 (docs/precision.md); GPUs have fast ones."""
+    return not tf.config.list_physical_devices("GPU")
+
+
+def conv2d(x, kernel, strides, padding):
+    """`tf.nn.conv2d`; in half precision on a CPU its gradients are computed in float32."""
+    if x.dtype == tf.float32 or not half_convs_are_slow():
+        return tf.nn.conv2d(x, kernel, strides, padding)
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            dy, x32, kernel32 = (tf.cast(t, tf.float32) for t in (dy, x, kernel))
+            dx = tf.nn.conv2d_transpose(dy, kernel32, tf.shape(x), strides, padding)
+            dkernel = tf.compat.v1.nn.conv2d_backprop_filter(x32, tf.shape(kernel), dy, [1, *strides, 1], padding)
+            return tf.cast(dx, x.dtype), tf.cast(dkernel, kernel.dtype)
+
+        return tf.nn.conv2d(x, kernel, strides, padding), grad
+
+    return conv(x, tf.cast(kernel, x.dtype))  # A tensor: the custom gradient sees no variable.
+
+
+def conv2d_transpose(x, kernel, shape, strides, padding):
+    """`tf.nn.conv2d_transpose`, computed in float32 in half precision on a CPU (its forward pass is a gradient)."""
+    if x.dtype == tf.float32 or not half_convs_are_slow():
+        return tf.nn.conv2d_transpose(x, kernel, shape, strides, padding)
+    y = tf.nn.conv2d_transpose(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32), shape, strides, padding)
+    return tf.cast(y, x.dtype)
+
+
 class Conv2D(layers.Conv2D):
+    """Keras' Conv2D (NHWC, no dilation or groups), with conv2d() and bias_add() under mixed precision."""
+
     def call(self, x):
         if self.compute_dtype == "float32":
             return super().call(x)
-        return self.activation(bias_add(self.convolution_op(x, self.kernel), self.bias))
+        x = conv2d(x, self.kernel, list(self.strides), self.padding.upper())
+        return self.activation(bias_add(x, self.bias))
 
 
 class Conv2DTranspose(layers.Conv2DTranspose):
+    """Keras' Conv2DTranspose ('valid' padding, NHWC), with conv2d_transpose() and bias_add() under mixed
+    precision."""
+
     def call(self, x):
         if self.compute_dtype == "float32":
             return super().call(x)
-        x = keras.ops.conv_transpose(
-            x, self.kernel, list(self.strides), self.padding, self.output_padding, self.data_format, self.dilation_rate
-        )
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        height, width = x.shape[1] or tf.shape(x)[1], x.shape[2] or tf.shape(x)[2]
+        shape = [tf.shape(x)[0], (height - 1) * sh + kh, (width - 1) * sw + kw, self.filters]
+        x = conv2d_transpose(x, self.kernel, shape, [sh, sw], "VALID")
         return self.activation(bias_add(x, self.bias))
 
 
