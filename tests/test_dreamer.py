@@ -294,6 +294,47 @@ def test_mixed_precision_bias_gradients_sum_in_float32(policy):
     np.testing.assert_allclose(grads[policy], grads["float32"], rtol=1e-2)
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_mixed_precision_convolution_gradients_run_in_float32_on_cpu(policy, transpose):
+    # TensorFlow's CPU kernels for Conv2DBackpropInput/Filter (a transposed convolution's forward pass is one) are
+    # 5-20x slower in bfloat16 than in float32: on a CPU they run in float32, the forward convolution in half.
+    x = tf.random.stateless_uniform((8, 31, 31, 5), (0, 1))
+    cls, size = (models.Conv2DTranspose, 5) if transpose else (models.Conv2D, 4)
+    outputs, kinds = {}, {}
+    for name in ("float32", policy):
+        keras.mixed_precision.set_global_policy(name)
+        try:
+            layer = cls(6, size, strides=2, activation="elu", kernel_initializer=keras.initializers.GlorotUniform(0))
+            layer.build(x.shape)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+            return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+        half = tf.cast(x, layer.compute_dtype)
+        outputs[name] = step(half)
+        graph = step.get_concrete_function(half).graph
+        kinds[name] = {(op.type, op.get_attr("T").name) for op in graph.get_operations() if "Conv" in op.type}
+    assert outputs[policy][0].dtype == (tf.float16 if policy == "mixed_float16" else tf.bfloat16)
+    assert outputs[policy][0].shape == outputs["float32"][0].shape
+    forward = "float32" if transpose else outputs[policy][0].dtype.name
+    assert kinds[policy] == {
+        ("Conv2D", forward),
+        ("Conv2DBackpropInput", "float32"),
+        ("Conv2DBackpropFilter", "float32"),
+    }
+    for half_value, value in zip(outputs[policy], outputs["float32"]):  # output, input, kernel and bias gradients
+        error = tf.norm(tf.cast(half_value, tf.float32) - value) / tf.norm(value)
+        assert error < (1e-2 if policy == "mixed_bfloat16" else 2e-3)
+
+
 def test_float32_train_step_computes_what_it_did(tmp_path):
     # Weights in, weights out: metrics of the third of three train steps from seeded initial weights on a
     # fixed batch, recorded before the mixed-precision changes of the layers (bit-identical on the AMD EPYC
