@@ -65,12 +65,13 @@ def conv2d(x, kernel, strides, padding):
     return conv(x, tf.cast(kernel, x.dtype))  # A tensor: the custom gradient sees no variable.
 
 
-def conv2d_transpose(x, kernel, shape, strides, padding):
-    """`tf.nn.conv2d_transpose`, computed in float32 in half precision on a CPU (its forward pass is a gradient)."""
+def conv_transpose(x, kernel, strides, padding):
+    """`keras.ops.conv_transpose`, computed in float32 in half precision on a CPU (its forward pass is a gradient)."""
     if x.dtype == tf.float32 or not half_convs_are_slow():
-        return tf.nn.conv2d_transpose(x, kernel, shape, strides, padding)
-    y = tf.nn.conv2d_transpose(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32), shape, strides, padding)
-    return tf.cast(y, x.dtype)
+        return keras.ops.conv_transpose(x, kernel, strides, padding)
+    return tf.cast(
+        keras.ops.conv_transpose(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32), strides, padding), x.dtype
+    )
 
 
 class Conv2D(layers.Conv2D):
@@ -84,16 +85,13 @@ class Conv2D(layers.Conv2D):
 
 
 class Conv2DTranspose(layers.Conv2DTranspose):
-    """Keras' Conv2DTranspose ('valid' padding, NHWC), with conv2d_transpose() and bias_add() under mixed
-    precision."""
+    """Keras' Conv2DTranspose (NHWC, no output padding or dilation), with conv_transpose() and bias_add() under
+    mixed precision."""
 
     def call(self, x):
         if self.compute_dtype == "float32":
             return super().call(x)
-        (kh, kw), (sh, sw) = self.kernel_size, self.strides
-        height, width = x.shape[1] or tf.shape(x)[1], x.shape[2] or tf.shape(x)[2]
-        shape = [tf.shape(x)[0], (height - 1) * sh + kh, (width - 1) * sw + kw, self.filters]
-        x = conv2d_transpose(x, self.kernel, shape, [sh, sw], "VALID")
+        x = conv_transpose(x, self.kernel, list(self.strides), self.padding)
         return self.activation(bias_add(x, self.bias))
 
 
