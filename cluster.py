@@ -80,6 +80,24 @@ class Handshake:
             self(False)
 
 
+class Start:
+    """Chief: the word, once, on whether training follows its prefill. The other workers wait for it before they
+    build their agents (they train on the prefill's episodes); a chief that stops or fails before says no."""
+
+    def __init__(self, strategy):
+        self._handshake = Handshake(strategy)
+        self._said = False
+
+    def __call__(self, go):
+        if self._said:
+            return
+        self._said = True
+        try:
+            self._handshake(go)
+        except ERRORS as e:
+            sys.exit(lost("the chief", e))
+
+
 def digest(agent):
     """A fingerprint of all network weights, to check that workers agree."""
     weights = agent.world_model.variables + agent.behavior.actor.weights + agent.behavior.value.weights
@@ -114,18 +132,29 @@ def serve(config, strategy, make_agent):
     datadir = config.logdir / "episodes"
     resolver = strategy.cluster_resolver
     name = f"{resolver.task_type} {resolver.task_id}"
+    print(f"Worker {name}: waiting for the chief's prefill in {datadir}.", flush=True)
+    try:
+        go = Handshake(strategy)(False)  # The chief's Start.
+    except ERRORS as e:
+        sys.exit(lost(f"worker {name}", e))
+    if not go:
+        print(
+            f"Worker {name}: the chief stopped before training (see its output); run every worker's command again.",
+            flush=True,
+        )
+        return
     print(f"Worker {name}: training with the chief on {datadir}.", flush=True)
     # Its own sampling seed (the chief's is --seed), so that the workers train on different batches.
     seed = config.seed + 1000 * (1 + resolver.task_id)
     store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, seed)
     for waited in itertools.count():
         store.update()
-        try:  # One episode is enough: the chief finishes its prefill before it builds the agent with us.
+        try:  # The prefill's episodes are written; on a network file system they may take a while to show.
             example = store.sample(config.batch_length)
             break
         except ValueError:
             if waited % 60 == 0:
-                print(f"Worker {name}: waiting for the chief's first episode in {datadir}.", flush=True)
+                print(f"Worker {name}: waiting to see the chief's episodes in {datadir}.", flush=True)
             time.sleep(1)
     image_shape, act_dim = example["image"].shape[1:], example["action"].shape[-1]
     if config.task.startswith("gym_"):  # The chief learned them from the environment (see discrete_actions).

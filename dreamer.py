@@ -856,7 +856,9 @@ def setup(config):
     return strategy
 
 
-def train(config, strategy=None):
+def train(config, strategy=None, start=lambda go: None):
+    """A training run; under multi_worker, the chief's (which calls `start(True)` after its prefill) or another
+    worker's."""
     if strategy is not None and not cluster.is_chief(strategy):
         return cluster.serve(config, strategy, functools.partial(Dreamer, config, None, step=0, strategy=strategy))
     logdir, datadir = config.logdir, config.logdir / "episodes"
@@ -880,6 +882,7 @@ def train(config, strategy=None):
             if stopped:  # Its complete episodes are on disk: a rerun prefills on from there.
                 print(f"Stopped in the prefill at env step {step}; run the command again to resume.", flush=True)
                 return
+        start(True)
         store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
         dataset = functools.partial(tools.make_dataset, store, config)
         dataset = dataset if config.deterministic else dataset()
@@ -1015,7 +1018,11 @@ def main(config):
     elif cluster.is_chief(strategy):
         # A polite kill (timeout, cluster preemption) stops like Ctrl-C, and the resumed run is the one not stopped.
         STOP.install()
-        train(config, strategy)
+        start = cluster.Start(strategy)
+        try:
+            train(config, strategy, start)
+        finally:
+            start(False)  # Stopped or failed before training: the other workers stop too.
     else:  # Another worker of a multi_worker cluster: stops at once, and the chief with an error.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         train(config, strategy)

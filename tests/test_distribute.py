@@ -81,9 +81,9 @@ def free_ports(count):
     return ports
 
 
-def run_cluster(logdir, cwd, *flags, stop_at=None):
+def run_cluster(logdir, cwd, *flags, stop_at=None, signals=(signal.SIGTERM, signal.SIGINT)):
     """Chief (worker 0) and worker 1 of --strategy multi_worker on loopback; returns both outputs. With `stop_at`,
-    the chief gets SIGTERM and SIGINT (stop at once) when it prints that line."""
+    the chief gets `signals` (by default SIGTERM, then SIGINT: stop at once) when it prints that line."""
     ports = free_ports(2)
     command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), *flags]
     command += ["--strategy", "multi_worker"]
@@ -97,8 +97,8 @@ def run_cluster(logdir, cwd, *flags, stop_at=None):
         for line in chief.stdout:
             lines.append(line)
             if stop_at and line.startswith(stop_at):
-                chief.send_signal(signal.SIGTERM)
-                chief.send_signal(signal.SIGINT)  # Another number: two of one kind may arrive as one.
+                for signum in signals:  # Two of one kind may arrive as one: the default sends two numbers.
+                    chief.send_signal(signum)
         chief_out = "".join(lines)
         chief.wait(timeout=600)
         worker_out = worker.communicate(timeout=120)[0]
@@ -150,6 +150,15 @@ def test_multi_worker_trains_in_lockstep_and_only_the_chief_writes(tmp_path):
     assert steps < 50
     assert digest(chief, "Chief") == digest(worker, "Worker")
     assert not crashed(chief, worker)
+
+
+def test_multi_worker_chief_stopped_in_its_prefill_stops_the_workers(tmp_path):
+    """The other workers wait for the chief's prefill; a chief stopped in it tells them, and they stop too."""
+    logdir, cwd = tmp_path / "shared" / "run", tmp_path / "worker_cwd"
+    chief, worker = run_cluster(logdir, cwd, *SMALL, "--steps", "800", stop_at="Prefill", signals=[signal.SIGTERM])
+    assert "Stopped in the prefill at env step" in chief
+    assert "the chief stopped before training" in worker
+    assert not list(cwd.iterdir()) and not (logdir / "checkpoints").exists()
 
 
 def test_mirrored_run_trains_and_resumes_on_one_device(tmp_path):
