@@ -296,9 +296,12 @@ def test_mixed_precision_bias_gradients_sum_in_float32(policy):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 @pytest.mark.parametrize("transpose", [False, True])
-def test_mixed_precision_convolution_gradients_run_in_float32_on_cpu(policy, transpose):
+@pytest.mark.parametrize("gpu", [False, True])
+def test_mixed_precision_convolution_gradients_in_float32_on_cpu_half_on_gpu(policy, transpose, gpu, monkeypatch):
     # TensorFlow's CPU kernels for Conv2DBackpropInput/Filter (a transposed convolution's forward pass is one) are
-    # 5-20x slower in bfloat16 than in float32: on a CPU they run in float32, the forward convolution in half.
+    # 5-20x slower in bfloat16 than in float32: on a CPU they run in float32, the forward convolution in half. With
+    # a GPU (its path taken here on the CPU) every convolution op runs in half precision.
+    monkeypatch.setattr(models, "half_convs_are_slow", lambda: not gpu)
     x = tf.random.stateless_uniform((8, 31, 31, 5), (0, 1))
     cls, size = (models.Conv2DTranspose, 5) if transpose else (models.Conv2D, 4)
     outputs, kinds = {}, {}
@@ -324,15 +327,17 @@ def test_mixed_precision_convolution_gradients_run_in_float32_on_cpu(policy, tra
         kinds[name] = {(op.type, op.get_attr("T").name) for op in graph.get_operations() if "Conv" in op.type}
     assert outputs[policy][0].dtype == (tf.float16 if policy == "mixed_float16" else tf.bfloat16)
     assert outputs[policy][0].shape == outputs["float32"][0].shape
-    forward = "float32" if transpose else outputs[policy][0].dtype.name
+    half = outputs[policy][0].dtype.name
+    forward, backward = (half, half) if gpu else ("float32" if transpose else half, "float32")
     assert kinds[policy] == {
         ("Conv2D", forward),
-        ("Conv2DBackpropInput", "float32"),
-        ("Conv2DBackpropFilter", "float32"),
+        ("Conv2DBackpropInput", backward),
+        ("Conv2DBackpropFilter", backward),
     }
     for half_value, value in zip(outputs[policy], outputs["float32"]):  # output, input, kernel and bias gradients
         error = tf.norm(tf.cast(half_value, tf.float32) - value) / tf.norm(value)
-        assert error < (1e-2 if policy == "mixed_bfloat16" else 2e-3)
+        # bfloat16 has 8 significant bits; the CPU's bfloat16 gradient kernels also accumulate in it.
+        assert error < (2e-3 if policy == "mixed_float16" else 5e-2 if gpu else 1e-2)
 
 
 def test_float32_train_step_computes_what_it_did(tmp_path):
