@@ -1,5 +1,6 @@
-"""--strategy multi_worker: the TF_CONFIG checks, the handshake by which the chief tells the other workers before
-every train step whether one follows, and the other workers' train loop. Only the chief collects and writes."""
+"""--strategy multi_worker: the TF_CONFIG checks, the handshakes by which the chief tells the other workers whether
+training follows its prefill and, before every train step, whether one follows, and the other workers' train loop.
+Only the chief collects and writes."""
 
 import hashlib
 import itertools
@@ -95,7 +96,9 @@ class Start:
         try:
             self._handshake(go)
         except ERRORS as e:
-            sys.exit(lost("the chief", e))
+            if go:
+                sys.exit(lost("the chief", e))
+            print(lost("the chief", e), file=sys.stderr)  # Stopping anyway: its own error or exit code goes on.
 
 
 def digest(agent):
@@ -129,15 +132,20 @@ def leave(agent):
 def serve(config, strategy, make_agent):
     """A non-chief worker: trains with the chief on the shared episode folder and writes nothing; its variables
     start from the chief's latest checkpoint. `make_agent(dataset, image_shape, act_dim)` builds the agent."""
-    datadir = config.logdir / "episodes"
     resolver = strategy.cluster_resolver
     name = f"{resolver.task_type} {resolver.task_id}"
-    print(f"Worker {name}: waiting for the chief's prefill in {datadir}.", flush=True)
     try:
-        go = Handshake(strategy)(False)  # The chief's Start.
+        train_with_chief(config, strategy, make_agent, name)
     except ERRORS as e:
         sys.exit(lost(f"worker {name}", e))
-    if not go:
+    except KeyboardInterrupt:
+        print(f"Worker {name}: interrupted; the chief and the other workers stop with an error.", flush=True)
+
+
+def train_with_chief(config, strategy, make_agent, name):
+    datadir = config.logdir / "episodes"
+    print(f"Worker {name}: waiting for the chief's prefill in {datadir}.", flush=True)
+    if not Handshake(strategy)(False):  # The chief's Start.
         print(
             f"Worker {name}: the chief stopped before training (see its output); run every worker's command again.",
             flush=True,
@@ -145,7 +153,7 @@ def serve(config, strategy, make_agent):
         return
     print(f"Worker {name}: training with the chief on {datadir}.", flush=True)
     # Its own sampling seed (the chief's is --seed), so that the workers train on different batches.
-    seed = config.seed + 1000 * (1 + resolver.task_id)
+    seed = config.seed + 1000 * (1 + strategy.cluster_resolver.task_id)
     store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, seed)
     for waited in itertools.count():
         store.update()
@@ -162,14 +170,9 @@ def serve(config, strategy, make_agent):
         config.action_dist, config.expl = saved["action_dist"], saved["expl"]
     agent = make_agent(tools.make_dataset(store, config), image_shape, act_dim)
     agent.load()
-    try:
-        steps = 0
-        while agent.handshake(False):
-            agent.train(next(agent.batches))
-            steps += 1
-        print(f"Worker {name}: the chief stopped after {steps} train steps together; {digest(agent)}.", flush=True)
-        agent.handshake(False)  # Leave with the chief.
-    except ERRORS as e:
-        sys.exit(lost(f"worker {name}", e))
-    except KeyboardInterrupt:
-        print(f"Worker {name}: interrupted; the chief and the other workers stop with an error.", flush=True)
+    steps = 0
+    while agent.handshake(False):
+        agent.train(next(agent.batches))
+        steps += 1
+    print(f"Worker {name}: the chief stopped after {steps} train steps together; {digest(agent)}.", flush=True)
+    agent.handshake(False)  # Leave with the chief.

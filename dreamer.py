@@ -857,8 +857,8 @@ def setup(config):
 
 
 def train(config, strategy=None, start=lambda go: None):
-    """A training run; under multi_worker, the chief's (which calls `start(True)` after its prefill) or another
-    worker's."""
+    """A training run: under multi_worker another worker's, else the chief's, which calls `start(True)` once its
+    prefill is done (the other workers wait for it)."""
     if strategy is not None and not cluster.is_chief(strategy):
         return cluster.serve(config, strategy, functools.partial(Dreamer, config, None, step=0, strategy=strategy))
     logdir, datadir = config.logdir, config.logdir / "episodes"

@@ -1,5 +1,6 @@
 """--strategy: mirrored replicas give the update of the global batch, multi-worker runs stay in lockstep."""
 
+import fcntl
 import json
 import os
 import re
@@ -81,7 +82,7 @@ def free_ports(count):
     return ports
 
 
-def run_cluster(logdir, cwd, *flags, stop_at=None, signals=(signal.SIGTERM, signal.SIGINT)):
+def run_cluster(logdir, cwd, *flags, stop_at=None, signals=(signal.SIGTERM, signal.SIGINT), chief_code=0):
     """Chief (worker 0) and worker 1 of --strategy multi_worker on loopback; returns both outputs. With `stop_at`,
     the chief gets `signals` (by default SIGTERM, then SIGINT: stop at once) when it prints that line."""
     ports = free_ports(2)
@@ -105,7 +106,7 @@ def run_cluster(logdir, cwd, *flags, stop_at=None, signals=(signal.SIGTERM, sign
     finally:
         worker.kill()
         chief.kill()
-    assert chief.returncode == 0, chief_out[-5000:]
+    assert chief.returncode == chief_code, chief_out[-5000:]
     assert worker.returncode == 0, worker_out[-3000:]
     return chief_out, worker_out
 
@@ -153,12 +154,19 @@ def test_multi_worker_trains_in_lockstep_and_only_the_chief_writes(tmp_path):
 
 
 def test_multi_worker_chief_stopped_in_its_prefill_stops_the_workers(tmp_path):
-    """The other workers wait for the chief's prefill; a chief stopped in it tells them, and they stop too."""
+    """The other workers wait for the chief's prefill; a chief stopped in it, or failing before it, tells them, and
+    they stop too."""
     logdir, cwd = tmp_path / "shared" / "run", tmp_path / "worker_cwd"
     chief, worker = run_cluster(logdir, cwd, *SMALL, "--steps", "800", stop_at="Prefill", signals=[signal.SIGTERM])
     assert "Stopped in the prefill at env step" in chief
     assert "the chief stopped before training" in worker
     assert not list(cwd.iterdir()) and not (logdir / "checkpoints").exists()
+
+    with open(logdir / "lock", "w") as lock:  # Another training run holds the logdir: the chief exits 2.
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        chief, worker = run_cluster(logdir, cwd, *SMALL, "--steps", "800", chief_code=2)
+    assert "is in use by a training run" in chief
+    assert "the chief stopped before training" in worker
 
 
 def test_mirrored_run_trains_and_resumes_on_one_device(tmp_path):
