@@ -459,6 +459,10 @@ class Dreamer:
         self._manager = tf.train.CheckpointManager(self._checkpoint, c.logdir / "checkpoints", max_to_keep=2)
 
     def __call__(self, obs, reset, state=None, training=True):
+        with STOP.interruptible(False):  # TensorFlow: a second stop signal waits for its end.
+            return self._act(obs, reset, state, training)
+
+    def _act(self, obs, reset, state, training):
         # A due burst runs before any action, test episodes' too: an evaluation at env step S sees every
         # update due by S, as in the paper's code (and the first one, after the prefill, the pretraining).
         trains = self.batches is not None or self._datasets is not None
@@ -494,16 +498,15 @@ class Dreamer:
         if self._datasets:  # From the episodes on disk now, batch k keyed by k: as any restart would draw them.
             start = int(self.world_model.optimizer.opt.iterations.numpy())
             self.batches = iter(self.strategy.experimental_distribute_dataset(self._datasets(start)))
-        with STOP.deferred():
-            for _ in range(steps):
-                if STOP.now():  # Between steps: a multi-worker chief never promises a step it does not take.
-                    break
-                self.handshake(True)
-                data = next(self.batches)
-                metrics = self.train(data)
-                if c.log_scalars:
-                    for name, value in metrics.items():
-                        self._logger.scalar(name, value)
+        for _ in range(steps):
+            if STOP.now():  # Between steps: a multi-worker chief never promises a step it does not take.
+                break
+            self.handshake(True)
+            data = next(self.batches)
+            metrics = self.train(data)
+            if c.log_scalars:
+                for name, value in metrics.items():
+                    self._logger.scalar(name, value)
         self.train_every.done(self.step)
         if self.log_every.due(self.step):
             self._logger.scalar("expl_amount", self.expl_amount())
@@ -656,6 +659,11 @@ def summarize(config, episode):
 
 
 def process_episode(config, logger, mode, datadir, episode):
+    with STOP.interruptible(False):  # The episode's file and summaries are written whole.
+        _process_episode(config, logger, mode, datadir, episode)
+
+
+def _process_episode(config, logger, mode, datadir, episode):
     if mode == "train":
         tools.save_episodes(datadir, [episode])
     step = tools.count_steps(datadir, config.action_repeat)
@@ -732,7 +740,7 @@ def prefill(config, envs, datadir, start, steps):
     steps is complete. Returns whether a stop signal ended it early (where an episode ended)."""
     print(f"Prefill dataset with {steps} steps.", flush=True)
     agent = RandomAgent(envs[0].action_space, config.seed, start, config.action_repeat)
-    run = functools.partial(tools.simulate, agent, envs, reset_seed=reset_seed(config, agent), stop=STOP)
+    run = functools.partial(simulate, agent, envs, reset_seed=reset_seed(config, agent), stop=STOP)
     state = run(steps=steps // config.action_repeat)
     if state[0] < 0:
         return True
@@ -750,14 +758,18 @@ def prefill(config, envs, datadir, start, steps):
     exit_2(f"100 prefill episodes and none has --batch_length {config.batch_length} steps; lower --batch_length")
 
 
+def simulate(*args, **kwargs):
+    """tools.simulate in a training run: a second stop signal interrupts its waits on the environments."""
+    with STOP.interruptible():
+        return tools.simulate(*args, **kwargs)
+
+
 def finish_episodes(config, agent, envs, state):
     """Step on until the episodes under way end: only complete episodes are saved."""
     unfinished = int((~state[2]).sum())
     if not unfinished:
         return state
-    return tools.simulate(
-        agent, envs, episodes=state[1] + unfinished, state=state, reset_seed=reset_seed(config, agent)
-    )
+    return simulate(agent, envs, episodes=state[1] + unfinished, state=state, reset_seed=reset_seed(config, agent))
 
 
 def tested(logdir, step):
@@ -877,7 +889,10 @@ def train(config, strategy=None, start=lambda go: None):
         fill = max(0, min(config.prefill, config.steps) - step)  # --steps bounds the prefill too.
         prefilled = bool(fill) or longest_episode(datadir) < config.batch_length
         if prefilled:
-            stopped = prefill(config, train_envs, datadir, step, fill)
+            try:
+                stopped = prefill(config, train_envs, datadir, step, fill)
+            except KeyboardInterrupt:  # A second stop signal: the episodes under way are lost.
+                stopped = True
             step = tools.count_steps(datadir, config.action_repeat)
             if stopped:  # Its complete episodes are on disk: a rerun prefills on from there.
                 print(f"Stopped in the prefill at env step {step}; run the command again to resume.", flush=True)
@@ -893,7 +908,7 @@ def train(config, strategy=None, start=lambda go: None):
         def evaluate_and_save():
             print("Start evaluation.", flush=True)
             seed = lambda index, calls: tools.keyed_seed(config.seed, 1, agent.step, index, calls)
-            tools.simulate(functools.partial(agent, training=False), test_envs, episodes=1, reset_seed=seed)
+            simulate(functools.partial(agent, training=False), test_envs, episodes=1, reset_seed=seed)
             agent.save()
 
         try:
@@ -910,9 +925,7 @@ def train(config, strategy=None, start=lambda go: None):
                 print("Start collection.", flush=True)
                 collect_steps, behind = min(behind or config.eval_every, config.steps - agent.step), 0
                 steps = -(-collect_steps // config.action_repeat)
-                state = tools.simulate(
-                    agent, train_envs, steps, state=state, reset_seed=reset_seed(config, agent), stop=STOP
-                )
+                state = simulate(agent, train_envs, steps, state=state, reset_seed=reset_seed(config, agent), stop=STOP)
                 if state[0] < 0:  # Stopped where an episode ended: the checkpoint and the episodes are the run.
                     agent.save()
                     print(f"Stopped at env step {agent.step}; run the command again to resume.", flush=True)
@@ -936,11 +949,13 @@ def train(config, strategy=None, start=lambda go: None):
 class Stop:
     """Ctrl-C and SIGTERM. The first asks the run to stop where its checkpoint holds all of it: after the train
     steps and the episodes under way, so that the resumed run is the one that was not stopped. A second stops
-    at once (between two train steps in a burst); the episodes under way are then lost."""
+    at once: it interrupts a wait on the environments, or else takes effect at the next train step or such wait;
+    the episodes under way are then lost. It never raises inside TensorFlow, whose scopes a KeyboardInterrupt
+    can leave broken for the checkpoint that follows."""
 
     def __init__(self):
         self.signals = 0
-        self._deferring = False
+        self._interruptible = False
 
     def install(self):
         for signum in STOP_SIGNALS:
@@ -951,7 +966,7 @@ class Stop:
         if self.signals == 1:  # Unbuffered: a print() here could land inside another one.
             message = "Stopping after the train steps and episodes under way (again to stop at once).\n"
             os.write(sys.stdout.fileno(), message.encode())
-        elif not self._deferring:
+        elif self._interruptible:
             raise KeyboardInterrupt
 
     def __call__(self):
@@ -961,14 +976,18 @@ class Stop:
         return self.signals > 1
 
     @contextlib.contextmanager
-    def deferred(self):
-        """A second signal inside the block takes effect at its end; the block polls now()."""
-        self._deferring = True
+    def interruptible(self, value=True):
+        """A block where a second signal raises KeyboardInterrupt at once; with False, one that defers it to
+        the block's end."""
+        outer = self._interruptible
         try:
+            self._interruptible = value
+            if value and self.now():
+                raise KeyboardInterrupt
             yield
         finally:
-            self._deferring = False
-        if self.now():
+            self._interruptible = outer
+        if outer and self.now():
             raise KeyboardInterrupt
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 from conftest import ROOT, TINY, run_dreamer
 
@@ -95,3 +96,41 @@ def test_environment_that_cannot_start_exits_2_in_one_paragraph(tmp_path):
         "MuJoCo rendering with MUJOCO_GL='nonsense'" in result.stdout
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_stop_signal_raises_only_where_the_run_waits_on_its_environments():
+    """Raised inside TensorFlow, a KeyboardInterrupt can leave a scope half-entered and break the checkpoint that
+    follows: inside the agent's calls a second signal waits for their end; outside a wait, for the next one."""
+    import dreamer
+
+    stop, handlers = dreamer.Stop(), {s: signal.getsignal(s) for s in dreamer.STOP_SIGNALS}
+    signal_self = lambda signum: (os.kill(os.getpid(), signum), time.sleep(0.05))
+    stop.install()
+    try:
+        signal_self(signal.SIGTERM)  # The first asks for a stop where the run's state is whole.
+        assert stop() and not stop.now()
+        with stop.interruptible(False):
+            signal_self(signal.SIGTERM)  # Outside any wait: nothing raised...
+        assert stop.now()
+        steps = []
+        with pytest.raises(KeyboardInterrupt):
+            with stop.interruptible():  # ...until the next wait on the environments.
+                steps.append("wait")
+        assert steps == []
+
+        stop.signals = 1
+        with pytest.raises(KeyboardInterrupt):
+            with stop.interruptible(), stop.interruptible(False):  # The agent's call within a wait ends first.
+                signal_self(signal.SIGINT)
+                steps.append("agent")
+        assert steps == ["agent"]
+
+        stop.signals = 1
+        with pytest.raises(KeyboardInterrupt):
+            with stop.interruptible():
+                signal_self(signal.SIGINT)  # In a wait: at once.
+                steps.append("wait")
+        assert steps == ["agent"]
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
