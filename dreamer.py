@@ -507,6 +507,8 @@ class Dreamer:
             if c.log_scalars:
                 for name, value in metrics.items():
                     self._logger.scalar(name, value)
+        if STOP.now():  # Not done: the resumed run trains this burst again.
+            raise KeyboardInterrupt
         self.train_every.done(self.step)
         if self.log_every.due(self.step):
             self._logger.scalar("expl_amount", self.expl_amount())
@@ -759,7 +761,8 @@ def prefill(config, envs, datadir, start, steps):
 
 
 def simulate(*args, **kwargs):
-    """tools.simulate in a training run: a second stop signal interrupts its waits on the environments."""
+    """tools.simulate in a training run: a second stop signal interrupts its waits on the environments (the agent
+    and the episode callbacks, which run TensorFlow, defer it)."""
     with STOP.interruptible():
         return tools.simulate(*args, **kwargs)
 
@@ -894,7 +897,7 @@ def train(config, strategy=None, start=lambda go: None):
             except KeyboardInterrupt:  # A second stop signal: the episodes under way are lost.
                 stopped = True
             step = tools.count_steps(datadir, config.action_repeat)
-            if stopped:  # Its complete episodes are on disk: a rerun prefills on from there.
+            if stopped or STOP():  # Its complete episodes are on disk: a rerun prefills on from there.
                 print(f"Stopped in the prefill at env step {step}; run the command again to resume.", flush=True)
                 return
         start(True)
@@ -949,9 +952,9 @@ def train(config, strategy=None, start=lambda go: None):
 class Stop:
     """Ctrl-C and SIGTERM. The first asks the run to stop where its checkpoint holds all of it: after the train
     steps and the episodes under way, so that the resumed run is the one that was not stopped. A second stops
-    at once: it interrupts a wait on the environments, or else takes effect at the next train step or such wait;
-    the episodes under way are then lost. It never raises inside TensorFlow, whose scopes a KeyboardInterrupt
-    can leave broken for the checkpoint that follows."""
+    sooner, losing the train burst and episodes under way: it interrupts a wait on the environments at once, and
+    otherwise stops the run at its next train step or wait. It never raises inside TensorFlow, whose scopes a
+    KeyboardInterrupt can leave broken for the checkpoint that follows. A third ends the process, as kill -9 does."""
 
     def __init__(self):
         self.signals = 0
@@ -966,8 +969,12 @@ class Stop:
         if self.signals == 1:  # Unbuffered: a print() here could land inside another one.
             message = "Stopping after the train steps and episodes under way (again to stop at once).\n"
             os.write(sys.stdout.fileno(), message.encode())
-        elif self._interruptible:
+        elif self.signals == 2 and self._interruptible:
             raise KeyboardInterrupt
+        elif self.signals > 2:
+            for other in STOP_SIGNALS:
+                signal.signal(other, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     def __call__(self):
         return self.signals > 0
@@ -977,8 +984,8 @@ class Stop:
 
     @contextlib.contextmanager
     def interruptible(self, value=True):
-        """A block where a second signal raises KeyboardInterrupt at once; with False, one that defers it to
-        the block's end."""
+        """A block where a second signal raises KeyboardInterrupt at once; with False, one where it waits (to the
+        block's end within an interruptible block). Any TensorFlow code called within must be in the latter."""
         outer = self._interruptible
         try:
             self._interruptible = value

@@ -249,6 +249,23 @@ def test_train_and_policy_trace_once(agent):
     assert agent.policy.experimental_get_tracing_count() == 1
 
 
+def test_a_second_stop_signal_leaves_the_train_burst_to_the_resumed_run(agent, monkeypatch):
+    """Stopped at once (a second Ctrl-C or SIGTERM) before its train steps, a due burst is not marked done, so
+    the checkpoint's schedule has the resumed run train it; the agent neither trains nor acts."""
+    agent, _ = agent
+    schedule, step = agent.train_every.next.numpy(), agent.step
+    updates = agent.world_model.optimizer.opt.iterations.numpy()
+    agent.train_every.next.assign(0)
+    monkeypatch.setattr(dreamer.STOP, "signals", 2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            agent({"image": np.zeros((1, 64, 64, 3), np.uint8)}, np.array([True]))
+        assert agent.train_every.next.numpy() == 0 and agent.step == step
+        assert agent.world_model.optimizer.opt.iterations.numpy() == updates
+    finally:
+        agent.train_every.next.assign(schedule)
+
+
 @pytest.mark.parametrize("precision, dtype", [("16", "float16"), ("bf16", "bfloat16")])
 def test_mixed_precision_train_step_is_finite(tmp_path, precision, dtype):
     flags = ["--logdir", str(tmp_path), "--task", "dmc_walker_walk", "--precision", precision] + TINY_MODEL.split()

@@ -134,3 +134,9 @@ def test_a_second_stop_signal_raises_only_where_the_run_waits_on_its_environment
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+    # A third ends the process, as kill -9 would: for a run that hangs where a signal cannot reach.
+    code = "import os, signal, time, dreamer\ndreamer.STOP.install()\nfor _ in range(3):\n"
+    code += "    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(0.1)\nprint('survived')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGTERM and "survived" not in result.stdout
