@@ -6,7 +6,8 @@
 #
 # The run goes to ./logdir/dmc_cartpole_balance/dreamer-<precision>/<seed> (or $LOGDIR). At the budget
 # it gets SIGTERM, finishes the episode under way, writes a checkpoint and exits; running the same command
-# again resumes it.
+# again resumes it. A stop can wait for a train burst, an episode and an evaluation's burst (over 10 minutes on a
+# slow 2-core host), hence the long grace before SIGKILL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seed="${1:-0}"
@@ -19,7 +20,7 @@ done
 logdir="${LOGDIR:-./logdir/dmc_cartpole_balance/dreamer-${precision}/${seed}}"
 echo "Learning check: seed ${seed}, ${minutes} minutes, logdir ${logdir}."
 status=0
-timeout --signal=TERM --kill-after=300 "${minutes}m" \
+timeout --signal=TERM --kill-after=20m "${minutes}m" \
   python dreamer.py --logdir "${logdir}" --configs cpu_check --seed "${seed}" --precision 32 "$@" || status=$?
 # 124: the budget ran out and the run stopped cleanly (checkpoint written).
 if [[ ${status} -ne 0 && ${status} -ne 124 ]]; then exit "${status}"; fi
