@@ -486,13 +486,21 @@ class Logger:
 
     def write(self, step, fps=False):
         """Average the scalars added since the last write."""
-        scalars = {k: float(np.mean(v)) for k, v in self._scalars.items()}
+        scalars = {k: self._mean(k, v) for k, v in self._scalars.items()}
         if fps:
             duration = time.time() - self._last_time
             scalars["fps"] = (step - self._last_step) / duration if duration else 0.0
             self._last_step, self._last_time = step, time.time()
         self.log(step, scalars, self._videos)
         self._scalars, self._videos = {}, {}
+
+    @staticmethod
+    def _mean(name, values):
+        """Gradient norms average over their finite values: a float16 step whose gradients overflowed is skipped
+        (counted in *_skipped) and would make the mean inf. With none finite, the mean is inf or NaN."""
+        values = np.asarray(values, np.float64)
+        finite = values[np.isfinite(values)]
+        return float(np.mean(finite if name.endswith("_grad_norm") and finite.size else values))
 
     def log(self, step, scalars, videos=None):
         """Write these values now, as their own line."""

@@ -62,3 +62,16 @@ def test_interrupted_metrics_file_is_read_by_plotting(trained_run, tmp_path):
     path.write_text((trained_run[0] / "metrics.jsonl").read_text() + '{"step": 1400, "test/ret')
     xs, ys = plotting.load_run(path, "step", "test/return")
     assert list(xs) == [400, 800, 1200] and np.isfinite(ys).all()
+
+
+def test_grad_norms_average_over_the_steps_not_skipped(tmp_path):
+    logger = tools.Logger(tmp_path)
+    for value in (2.0, np.inf, 4.0):  # A float16 step skipped in the middle.
+        logger.scalar("model_grad_norm", value)
+        logger.scalar("model_loss", value)
+    logger.scalar("value_grad_norm", np.nan)
+    logger.write(100)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["model_grad_norm"] == 3.0
+    assert row["model_loss"] == np.inf  # Other metrics keep every value.
+    assert np.isnan(row["value_grad_norm"])  # Nothing finite: it shows.
