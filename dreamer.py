@@ -370,6 +370,8 @@ def config_mismatch(config, skip=()):
     except json.JSONDecodeError:
         return ""
     differ = [k for k in ARCHITECTURE if k in saved and k not in skip and saved[k] != str(config[k])]
+    if "precision" in saved and (saved["precision"] == "16") != (str(config.precision) == "16"):
+        differ.append("precision")  # float16's loss-scale optimizers have other variables; 32 and bf16 share theirs.
     return ", ".join(f"--{k} {saved[k]} (not {config[k]})" for k in differ)
 
 
@@ -713,6 +715,13 @@ def collect(config, envs, callbacks):
     return [wrappers.Collect(env, callbacks, precision) for env in envs]
 
 
+def save_config(config):
+    """config.json: the flags of the run in the logdir, written whole or not at all."""
+    path = config.logdir / "config.json"
+    path.with_suffix(".tmp").write_text(json.dumps({k: str(v) for k, v in config.items()}, indent=2))
+    path.with_suffix(".tmp").rename(path)
+
+
 def lock_logdir(logdir):
     """An OS lock on the logdir for as long as this process lives (the kernel drops it even on kill -9)."""
     logdir.mkdir(parents=True, exist_ok=True)
@@ -834,7 +843,7 @@ def make_strategy(config):
     if gpus:
         count = config.replicas or len(gpus)
         if count > len(gpus):
-            sys.exit(f"error: argument --replicas: {count} replicas but only {len(gpus)} GPUs are visible")
+            exit_2(f"argument --replicas: {count} replicas but only {len(gpus)} GPUs are visible")
         return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(count)])
     count = config.replicas or 1
     # Logical CPU devices share the same cores: for testing the distributed code path, not for speed.
@@ -850,8 +859,8 @@ def setup(config):
     strategy = make_strategy(config)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        sys.exit(
-            f"error: argument --batch_size: the global batch of {config.batch_size} does not split evenly "
+        exit_2(
+            f"argument --batch_size: the global batch of {config.batch_size} does not split evenly "
             f"across {replicas} replicas; use a multiple of {replicas}"
         )
     if replicas > 1:
@@ -881,7 +890,8 @@ def train(config, strategy=None, start=lambda go: None):
     discrete_actions(config, train_envs[0].action_space)
     lock = lock_logdir(logdir)  # noqa: F841 (held until the process ends)
     step = tools.count_steps(datadir, config.action_repeat)
-    (logdir / "config.json").write_text(json.dumps({k: str(v) for k, v in config.items()}, indent=2))
+    if not tf.train.get_checkpoint_state(logdir / "checkpoints"):  # Else once its checkpoint has taken the flags.
+        save_config(config)
     logger = tools.Logger(logdir, step)
     episode = functools.partial(process_episode, config, logger)
     train_envs = collect(config, train_envs, [functools.partial(episode, "train", datadir)])
@@ -906,6 +916,7 @@ def train(config, strategy=None, start=lambda go: None):
         dataset = dataset if config.deterministic else dataset()
         agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step, strategy)
         agent.load(resume=True)
+        save_config(config)
         state = None
 
         def evaluate_and_save():

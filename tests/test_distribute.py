@@ -51,7 +51,7 @@ def test_bad_tf_config_is_refused(tf_config, message, monkeypatch, capsys, tmp_p
 
 def test_global_batch_must_split_evenly(tmp_path):
     result = run_dreamer(tmp_path / "run", *TINY, "--strategy", "mirrored", "--replicas", "2", check=False)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "global batch of 3 does not split evenly across 2 replicas" in result.stdout
     assert not (tmp_path / "run").exists()
 

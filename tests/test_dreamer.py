@@ -533,6 +533,23 @@ def test_resume_with_other_architecture_is_refused(trained_run, tmp_path):
     assert (logdir / "config.json").read_text() == config
 
 
+def test_resume_in_float16_of_a_float32_run_is_refused(trained_run):
+    logdir = trained_run[0]
+    config = (logdir / "config.json").read_text()
+    result = run_dreamer(logdir, *TINY, "--precision", "16", check=False)
+    assert result.returncode == 2 and "--precision 32 (not 16)" in result.stdout
+    assert (logdir / "config.json").read_text() == config
+
+
+def test_flags_its_checkpoint_refuses_are_not_saved_as_the_runs(trained_run, tmp_path):
+    """Without config.json the flags are only checked by restoring the checkpoint; refused, they are not saved."""
+    logdir = tmp_path / "run"
+    shutil.copytree(trained_run[0], logdir, ignore=shutil.ignore_patterns("lock", "config.json"))
+    result = run_dreamer(logdir, *TINY, "--precision", "16", check=False)
+    assert result.returncode == 2 and "does not fit this run" in result.stdout
+    assert not (logdir / "config.json").exists()
+
+
 def test_atari_run_acts_with_valid_one_hot_actions(tmp_path):
     flags = TINY_MODEL.split() + ["--task", "atari_pong", "--action_repeat", "4", "--time_limit", "400"]
     flags += "--prefill 400 --pretrain 2 --train_every 400 --train_steps 1 --eval_every 400 --steps 800".split()
