@@ -586,8 +586,7 @@ class Dreamer:
         if self._logger:  # Scalars not yet written, for the line a resumed run writes next.
             pending = self._c.logdir / "checkpoints" / "pending.json"
             pending.parent.mkdir(parents=True, exist_ok=True)
-            pending.with_suffix(".tmp").write_text(json.dumps({"step": self.step, "scalars": self._logger.pending}))
-            pending.with_suffix(".tmp").rename(pending)
+            tools.write_atomic(pending, json.dumps({"step": self.step, "scalars": self._logger.pending}))
         path = self._manager.save(checkpoint_number=self.step)
         self._saved = self.step
         print(f"Saved checkpoint {path}.", flush=True)
@@ -717,9 +716,7 @@ def collect(config, envs, callbacks):
 
 def save_config(config):
     """config.json: the flags of the run in the logdir, written whole or not at all."""
-    path = config.logdir / "config.json"
-    path.with_suffix(".tmp").write_text(json.dumps({k: str(v) for k, v in config.items()}, indent=2))
-    path.with_suffix(".tmp").rename(path)
+    tools.write_atomic(config.logdir / "config.json", json.dumps({k: str(v) for k, v in config.items()}, indent=2))
 
 
 def lock_logdir(logdir):

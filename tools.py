@@ -46,6 +46,13 @@ def save_episodes(directory, episodes):
     return filenames
 
 
+def write_atomic(path, text):
+    """Write a text file whole or not at all (a kill leaves the old one)."""
+    temp = pathlib.Path(path).with_suffix(".tmp")
+    temp.write_text(text)
+    temp.rename(path)
+
+
 def episode_order(filename):
     """Sort key in save order: numbered names (<index>-<length>) after older <timestamp>-<uuid>-<length> ones."""
     stem = pathlib.Path(filename).stem
