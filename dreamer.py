@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import sys
@@ -205,9 +206,11 @@ FLAGS = dict(
     eval_episodes=(10, "test episodes of an --eval_only run"),
 )
 
-# Flags that shape the networks or their inputs: a checkpoint only fits a run with the same values.
+# Flags a run is bound to: they shape the networks or their inputs, or (action_repeat) how the env steps of its
+# episodes on disk count. A checkpoint only fits a run with the same values.
 ARCHITECTURE = (
     "task",
+    "action_repeat",
     "deter_size",
     "stoch_size",
     "num_units",
@@ -275,7 +278,9 @@ def parse(parser, argv):
     configs = parser.parse_known_args(argv)[0].configs
     for name in configs:
         parser.set_defaults(**PRESETS[name])
-    return tools.AttrDict(vars(parser.parse_args(argv)))
+    config = tools.AttrDict(vars(parser.parse_args(argv)))
+    config.logdir = config.logdir.expanduser()  # Also where the shell leaves ~ as it is (--logdir=~/runs).
+    return config
 
 
 def flag_problem(config):
@@ -298,9 +303,20 @@ def flag_problem(config):
             "segfaults with Mesa's EGL; use --parallel process (or set DREAMER_ALLOW_TF_RENDER=1 for NVIDIA EGL)"
         )
     positive = ("steps", "envs", "action_repeat", "batch_size", "batch_length", "horizon", "cnn_depth", "num_units")
-    for key in positive + ("deter_size", "stoch_size", "eval_every", "log_every", "train_every", "time_limit"):
+    positive += ("deter_size", "stoch_size", "eval_every", "log_every", "train_every", "time_limit")
+    for key in positive + ("train_steps", "pretrain", "eval_episodes"):
         if config[key] <= 0:
             return f"argument --{key}: must be positive, got {config[key]}"
+    if config.replay_size < config.batch_length * config.action_repeat:
+        return (
+            f"argument --replay_size: {config.replay_size} env steps hold no sequence of --batch_length "
+            f"{config.batch_length} at --action_repeat {config.action_repeat}; use at least "
+            f"{config.batch_length * config.action_repeat}"
+        )
+    try:
+        re.compile(config.weight_decay_pattern)
+    except re.error as e:
+        return f"argument --weight_decay_pattern: not a regular expression ({e}): {config.weight_decay_pattern!r}"
     if config.batch_length < 2 or (config.log_images and config.batch_length <= 5):
         return "argument --batch_length: must be at least 2 (and above 5 with --log_images True)"
     length = -(-config.time_limit // config.action_repeat) + 1  # Steps of a full episode, the reset one included.
@@ -335,11 +351,22 @@ def action_problem(config, discrete):
             f"{config.action_dist} with --expl {config.expl} would send as invalid one-hot vectors; use --action_dist "
             "onehot (or auto) and --expl epsilon_greedy or completely_random (or auto)"
         )
+    if not discrete and (config.action_dist == "onehot" or config.expl == "epsilon_greedy"):
+        return (
+            f"argument --action_dist/--expl: {config.task} has continuous actions, which --action_dist "
+            f"{config.action_dist} with --expl {config.expl} would send as one-hot vectors; use --action_dist "
+            "tanh_normal (or auto) and --expl additive_gaussian or completely_random (or auto)"
+        )
     return ""
 
 
 def logdir_problem(config):
     """What keeps the flags from fitting the run already in --logdir, or ''."""
+    if config.logdir.exists() and not config.logdir.is_dir():
+        return f"argument --logdir: {config.logdir} is a file; pass a folder (new or a run's)"
+    existing = next(path for path in (config.logdir, *config.logdir.absolute().parents) if path.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"argument --logdir: cannot write in {existing}; pass a folder you may write to"
     if config.eval_only and not (config.logdir / "checkpoints" / "checkpoint").exists():
         return f"argument --eval_only: no checkpoint in {config.logdir}/checkpoints; train a run there first"
     # A gym_ task's actions are only known once its environment is made (see discrete_actions).
@@ -781,15 +808,22 @@ def finish_episodes(config, agent, envs, state):
     return simulate(agent, envs, episodes=state[1] + unfinished, state=state, reset_seed=reset_seed(config, agent))
 
 
-def tested(logdir, step):
-    """Whether metrics.jsonl holds a test episode at env step `step`."""
-    path = logdir / "metrics.jsonl"
+def tested_steps(logdir):
+    """The env steps of the test episodes in metrics.jsonl."""
+    path, steps = logdir / "metrics.jsonl", set()
     for line in path.read_text().splitlines() if path.exists() else []:
         with contextlib.suppress(json.JSONDecodeError):
             row = json.loads(line)
-            if isinstance(row, dict) and row.get("step") == step and "test/return" in row:
-                return True
-    return False
+            if isinstance(row, dict) and "test/return" in row:
+                steps.add(row.get("step"))
+    return steps
+
+
+def evaluation_due(config, step):
+    """Env steps to collect from `step` to the next evaluation: they fall every --eval_every env steps from where
+    the prefill ended, the step of the first test episode (past --prefill, for the episode then under way)."""
+    start = min(tested_steps(config.logdir), default=config.prefill)
+    return -(step - start) % config.eval_every
 
 
 def discrete_actions(config, action_space):
@@ -909,6 +943,13 @@ def train(config, strategy=None, start=lambda go: None):
                 return
         start(True)
         store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
+        store.update()
+        if store.longest < config.batch_length:  # The file names promised one: unreadable, or past --replay_size.
+            exit_2(
+                f"no episode read from {datadir} (the newest, up to --replay_size) has --batch_length "
+                f"{config.batch_length} steps; move unreadable ones (named above) out of it and run again to "
+                "prefill anew, or raise --replay_size"
+            )
         dataset = functools.partial(tools.make_dataset, store, config)
         dataset = dataset if config.deterministic else dataset()
         agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step, strategy)
@@ -925,12 +966,12 @@ def train(config, strategy=None, start=lambda go: None):
         try:
             # Evaluations fall every `eval_every` env steps from the end of the prefill, and at --steps. A resumed
             # run first makes up one it was stopped in, and collects up to where the next one is due.
-            behind = 0 if prefilled else -(step - config.prefill) % config.eval_every
+            behind = 0 if prefilled else evaluation_due(config, step)
             if step >= config.steps:
                 print(f"Already {step} of --steps {config.steps} env steps: raise --steps to train on.", flush=True)
             elif behind and not prefilled:
                 print(f"Resumed between evaluations: collecting {behind} steps before the next one.", flush=True)
-            if (prefilled or not behind or step >= config.steps) and not tested(logdir, step):
+            if (prefilled or not behind or step >= config.steps) and step not in tested_steps(logdir):
                 evaluate_and_save()
             while agent.step < config.steps:
                 print("Start collection.", flush=True)
@@ -1045,7 +1086,6 @@ def evaluate(config):
 
 def main(config):
     strategy = setup(config)
-    config.logdir = config.logdir.expanduser()
     if config.eval_only:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         evaluate(config)

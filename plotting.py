@@ -54,7 +54,7 @@ def rename(name, labels):
 def to_float(value):
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan
 
 
@@ -487,6 +487,15 @@ def parse_args(argv=None):
     if len(args.labels) % 2:
         parser.error("--labels takes pairs of regex and label")
     args.labels = list(zip(args.labels[::2], args.labels[1::2]))
+    patterns = [("--tasks", p) for p in args.tasks] + [("--methods", p) for p in args.methods]
+    patterns += [("--labels", p) for p, _ in args.labels] + (
+        [("--baselines", args.baselines)] if args.baselines else []
+    )
+    for flag, pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            parser.error(f"argument {flag}: {pattern!r} is not a regular expression ({e}); e.g. '.*cartpole.*'")
     return args
 
 

@@ -156,6 +156,11 @@ class EpisodeStore:
             index = random.randint(0, available + 1)
         return {k: v[index : index + length] for k, v in episode.items()}
 
+    @property
+    def longest(self):
+        """Steps of the longest episode held (0 if none)."""
+        return max((len(episode["reward"]) for episode in self._episodes.values()), default=0)
+
     def _long_enough(self, length):
         # Cached per update: sampling runs for every chunk of every batch, the folder changes rarely.
         eligible = self._eligible

@@ -343,10 +343,10 @@ def gym_import(env_modules):
     for name in env_modules:
         try:
             importlib.import_module(name)
-        except ImportError as e:
+        except Exception as e:  # noqa: BLE001 (ImportError, or whatever the module raises as it runs)
             raise EnvError(
-                f"argument --env_module: cannot import {name!r} ({type(e).__name__}: {e}); pass a module "
-                "installed in this Python or importable from the working directory"
+                f"argument --env_module: cannot import {name!r} ({type(e).__name__}: {e}); pass a module that "
+                "imports without error, installed in this Python or importable from the working directory"
             ) from None
     import gymnasium
 
@@ -548,7 +548,9 @@ class NormalizeActions(Wrapper):
     def __init__(self, env):
         super().__init__(env)
         space = env.action_space
-        self._mask = np.isfinite(space.low) & np.isfinite(space.high)
+        # Unbounded dimensions, also those whose span overflows float32 (bounds of ±float32 max), pass as they are.
+        with np.errstate(over="ignore"):
+            self._mask = np.isfinite(space.high - space.low)
         self._low = np.where(self._mask, space.low, -1)
         self._high = np.where(self._mask, space.high, 1)
 

@@ -440,6 +440,13 @@ def test_parameter_counts_for_walker_walk(tmp_path, capsys):
         (["--configs", "atar"], "argument --configs: invalid choice: 'atar'"),
         (["--task", "atari_pong", "--action_dist", "tanh_normal"], "atari_pong has discrete actions"),
         (["--task", "atari_pong", "--expl", "additive_gaussian"], "invalid one-hot vectors"),
+        (["--action_dist", "onehot"], "dmc_walker_walk has continuous actions"),
+        (["--expl", "epsilon_greedy"], "would send as one-hot vectors"),
+        (["--pretrain", "0"], "argument --pretrain: must be positive"),
+        (["--train_steps", "0"], "argument --train_steps: must be positive"),
+        (["--eval_episodes", "0"], "argument --eval_episodes: must be positive"),
+        (["--replay_size", "99"], "argument --replay_size: 99 env steps hold no sequence of --batch_length 50"),
+        (["--weight_decay_pattern", "("], "argument --weight_decay_pattern: not a regular expression"),
     ],
 )
 def test_bad_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
@@ -449,6 +456,43 @@ def test_bad_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
     assert error.value.code == 2
     assert message in capsys.readouterr().err
     assert not logdir.exists()
+
+
+def test_logdir_that_is_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "run").write_text("notes")
+    with pytest.raises(SystemExit) as error:
+        dreamer.parse_config(["--logdir", str(tmp_path / "run")])
+    assert error.value.code == 2 and "run is a file; pass a folder" in capsys.readouterr().err
+    assert (tmp_path / "run").read_text() == "notes"
+
+
+def test_logdir_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "checkpoint").write_text("")
+    config = dreamer.parse_config(["--logdir", "~/run", "--eval_only", "True"])  # Finds the checkpoint.
+    assert config.logdir == tmp_path / "run"
+
+
+def test_resume_with_other_action_repeat_is_refused(tmp_path, capsys):
+    """The episodes on disk count env steps at the run's action repeat."""
+    dreamer.save_config(dreamer.parse_config(["--logdir", str(tmp_path), "--configs", "debug"]))
+    saved = (tmp_path / "config.json").read_text()
+    with pytest.raises(SystemExit) as error:
+        dreamer.parse_config(["--logdir", str(tmp_path), "--configs", "debug", "--action_repeat", "4"])
+    assert error.value.code == 2 and "--action_repeat 2 (not 4)" in capsys.readouterr().err
+    assert (tmp_path / "config.json").read_text() == saved
+
+
+def test_evaluations_fall_every_eval_every_from_where_the_prefill_ended(tmp_path):
+    """Episodes of 150 env steps: the prefill of 400 ends at 450 and evaluations fall at 450, 850, ... A run stopped
+    at 600 collects 250 steps before the next one."""
+    config = dreamer.parse_config(["--logdir", str(tmp_path), "--configs", "debug", "--time_limit", "150"])
+    lines = [{"step": 450, "test/return": 1.0}, {"step": 600, "train/return": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert dreamer.evaluation_due(config, 600) == 250 and dreamer.evaluation_due(config, 850) == 0
+    (tmp_path / "metrics.jsonl").unlink()  # Without it, from --prefill.
+    assert dreamer.evaluation_due(config, 600) == 200
 
 
 def test_help_lists_every_flag():

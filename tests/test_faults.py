@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ROOT, TINY, run_dreamer
@@ -28,6 +29,22 @@ def test_prefill_shorter_than_an_episode_runs_to_its_end(tmp_path):
     assert "Prefill continues until an episode of at least --batch_length 8 steps is complete." in result.stdout
     assert [tools.episode_length(f) for f in (tmp_path / "episodes").glob("*.npz")] == [20]
     assert evaluated_steps(tmp_path) == [40] and (tmp_path / "checkpoints" / "ckpt-40.index").exists()
+
+
+def test_unreadable_episode_that_the_prefill_counted_on_exits_2(tmp_path):
+    """File names count the steps on disk: here they promise a prefill done, with an episode long enough to
+    sample sequences from, but that episode does not read back."""
+    entries = 5
+    episode = {"image": np.zeros((entries, 64, 64, 3), np.uint8), "action": np.zeros((entries, 1), np.float32)}
+    episode.update(reward=np.zeros(entries, np.float32), discount=np.ones(entries, np.float32))
+    tools.save_episodes(tmp_path / "episodes", [episode])
+    (tmp_path / "episodes" / "000001-301.npz").write_bytes(b"not an archive")
+    result = run_dreamer(tmp_path, *TINY, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stdout, result.stdout[-3000:]
+    assert "Skipping unreadable episode 000001-301.npz" in result.stdout
+    assert "has --batch_length 8 steps; move unreadable ones (named above) out of it" in result.stdout
+    assert (tmp_path / "episodes" / "000001-301.npz").read_bytes() == b"not an archive"
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_steps_is_the_limit_and_the_last_evaluation_falls_there(tmp_path):

@@ -143,6 +143,16 @@ def test_bad_gym_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
     assert not logdir.exists()
 
 
+def test_env_module_that_raises_exits_2(tmp_path, capsys, monkeypatch):
+    (tmp_path / "raising_envs.py").write_text("raise RuntimeError('no licence key')\n")
+    monkeypatch.chdir(tmp_path)  # Modules are importable from the working directory.
+    with pytest.raises(SystemExit) as error:
+        dreamer.parse_config(["--logdir", "run", "--task", "gym_PixelReach-v0", "--env_module", "raising_envs"])
+    assert error.value.code == 2
+    assert "cannot import 'raising_envs' (RuntimeError: no licence key)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_environment_without_image_exits_2_before_writing(tmp_path, capsys):
     logdir = tmp_path / "run"
     config = dreamer.parse_config(["--logdir", str(logdir), "--task", "gym_NoImage-v0", "--env_module", "gym_envs"])

@@ -169,6 +169,14 @@ def test_nothing_to_plot_exits_with_message(tmp_path, capsys):
     assert "error: nothing to plot" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("flags", [["--tasks", "*cartpole*"], ["--labels", "dreamer(", "mine"], ["--baselines", "["]])
+def test_pattern_that_is_no_regex_exits_2(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as error:
+        plotting.main(["--indir", str(tmp_path), "--outdir", str(tmp_path / "plots"), *flags])
+    assert error.value.code == 2
+    assert f"argument {flags[0]}: {flags[1]!r} is not a regular expression" in capsys.readouterr().err
+
+
 def test_labels_filters_and_several_indirs(tmp_path):
     write_runs(tmp_path / "a", methods=("dreamer",), seeds=2)
     write_runs(tmp_path / "b", methods=("planet", "slac"), seeds=1)
