@@ -279,7 +279,10 @@ def parse(parser, argv):
     for name in configs:
         parser.set_defaults(**PRESETS[name])
     config = tools.AttrDict(vars(parser.parse_args(argv)))
-    config.logdir = config.logdir.expanduser()  # Also where the shell leaves ~ as it is (--logdir=~/runs).
+    try:  # Also where the shell leaves ~ as it is (--logdir=~/runs).
+        config.logdir = config.logdir.expanduser()
+    except RuntimeError as e:
+        parser.error(f"argument --logdir: {e}")
     return config
 
 
@@ -315,7 +318,7 @@ def flag_problem(config):
         )
     try:
         re.compile(config.weight_decay_pattern)
-    except re.error as e:
+    except (re.error, OverflowError) as e:
         return f"argument --weight_decay_pattern: not a regular expression ({e}): {config.weight_decay_pattern!r}"
     if config.batch_length < 2 or (config.log_images and config.batch_length <= 5):
         return "argument --batch_length: must be at least 2 (and above 5 with --log_images True)"
@@ -365,7 +368,12 @@ def logdir_problem(config):
     if config.logdir.exists() and not config.logdir.is_dir():
         return f"argument --logdir: {config.logdir} is a file; pass a folder (new or a run's)"
     existing = next(path for path in (config.logdir, *config.logdir.absolute().parents) if path.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if config.strategy != "multi_worker" and not os.access(existing, os.W_OK | os.X_OK):  # Only its chief writes.
+        if config.eval_only:
+            return (
+                f"argument --logdir: cannot write in {existing}, where --eval_only writes eval.jsonl and eval/; "
+                "copy the run to a folder you may write to"
+            )
         return f"argument --logdir: cannot write in {existing}; pass a folder you may write to"
     if config.eval_only and not (config.logdir / "checkpoints" / "checkpoint").exists():
         return f"argument --eval_only: no checkpoint in {config.logdir}/checkpoints; train a run there first"
@@ -820,10 +828,11 @@ def tested_steps(logdir):
 
 
 def evaluation_due(config, step):
-    """Env steps to collect from `step` to the next evaluation: they fall every --eval_every env steps from where
-    the prefill ended, the step of the first test episode (past --prefill, for the episode then under way)."""
-    start = min(tested_steps(config.logdir), default=config.prefill)
-    return -(step - start) % config.eval_every
+    """Env steps to collect from `step` to the next evaluation. They fall every --eval_every env steps from where
+    the prefill ended (past --prefill, for the episode then under way): the first test episode at or past --prefill
+    (one before it comes from a --steps below it), else `step` (it ended and nothing was tested yet)."""
+    tests = [s for s in tested_steps(config.logdir) if isinstance(s, int) and s >= config.prefill]
+    return -(step - min(tests, default=step)) % config.eval_every
 
 
 def discrete_actions(config, action_space):
@@ -941,7 +950,6 @@ def train(config, strategy=None, start=lambda go: None):
             if stopped or STOP():  # Its complete episodes are on disk: a rerun prefills on from there.
                 print(f"Stopped in the prefill at env step {step}; run the command again to resume.", flush=True)
                 return
-        start(True)
         store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
         store.update()
         if store.longest < config.batch_length:  # The file names promised one: unreadable, or past --replay_size.
@@ -950,6 +958,7 @@ def train(config, strategy=None, start=lambda go: None):
                 f"{config.batch_length} steps; move unreadable ones (named above) out of it and run again to "
                 "prefill anew, or raise --replay_size"
             )
+        start(True)
         dataset = functools.partial(tools.make_dataset, store, config)
         dataset = dataset if config.deterministic else dataset()
         agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step, strategy)

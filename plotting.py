@@ -494,7 +494,7 @@ def parse_args(argv=None):
     for flag, pattern in patterns:
         try:
             re.compile(pattern)
-        except re.error as e:
+        except (re.error, OverflowError) as e:
             parser.error(f"argument {flag}: {pattern!r} is not a regular expression ({e}); e.g. '.*cartpole.*'")
     return args
 

@@ -423,14 +423,16 @@ class Gym:
         )
 
     def _check_actions(self, space):
-        finite = lambda s: np.isfinite(s.low).all() and np.isfinite(s.high).all()
-        if isinstance(space, spaces.Box) and len(space.shape) == 1 and finite(space):
-            return
+        if isinstance(space, spaces.Box) and len(space.shape) == 1:
+            with np.errstate(over="ignore", invalid="ignore"):  # Bounds of ±inf, or ±float32 max: no span.
+                if np.isfinite(space.high - space.low).all():
+                    return
         if isinstance(space, spaces.Discrete):
             return
         raise EnvError(
             f"gym_{self._id} has the action space {space}, which Dreamer does not take: use a Box (1-D, finite "
-            "bounds) or a Discrete (e.g. wrap the environment to flatten its actions and register the wrapped one)"
+            "bounds less than its dtype's range apart) or a Discrete (e.g. wrap the environment to flatten its "
+            "actions or bound them, and register the wrapped one)"
         )
 
     @property
@@ -548,9 +550,7 @@ class NormalizeActions(Wrapper):
     def __init__(self, env):
         super().__init__(env)
         space = env.action_space
-        # Unbounded dimensions, also those whose span overflows float32 (bounds of ±float32 max), pass as they are.
-        with np.errstate(over="ignore"):
-            self._mask = np.isfinite(space.high - space.low)
+        self._mask = np.isfinite(space.low) & np.isfinite(space.high)
         self._low = np.where(self._mask, space.low, -1)
         self._high = np.where(self._mask, space.high, 1)
 

@@ -108,8 +108,17 @@ class MultiAction(PixelReach):
         self.action_space = spaces.MultiDiscrete([2, 3])
 
 
+class HugeBounds(PixelReach):
+    """Images, but a Box of ±float32 max, as some environments write "unbounded": no span to rescale."""
+
+    def __init__(self):
+        super().__init__()
+        self.action_space = spaces.Box(-3.4e38, 3.4e38, (2,), np.float32)
+
+
 gymnasium.register("PixelReach-v0", entry_point=PixelReach)
 gymnasium.register("VectorDiscrete-v0", entry_point=VectorDiscrete, max_episode_steps=30)
 gymnasium.register("Terminating-v0", entry_point=Terminating)
 gymnasium.register("NoImage-v0", entry_point=NoImage)
 gymnasium.register("MultiAction-v0", entry_point=MultiAction)
+gymnasium.register("HugeBounds-v0", entry_point=HugeBounds)

@@ -164,9 +164,10 @@ def test_environment_without_image_exits_2_before_writing(tmp_path, capsys):
     assert not logdir.exists()
 
 
-def test_unsupported_action_space_is_named():
-    make = functools.partial(wrappers.make_env, "gym_MultiAction-v0", env_modules=("gym_envs",))
+@pytest.mark.parametrize("env_id, space", [("MultiAction-v0", r"MultiDiscrete\(\[2 3\]\)"), ("HugeBounds-v0", "Box")])
+def test_unsupported_action_space_is_named(env_id, space):
+    make = functools.partial(wrappers.make_env, f"gym_{env_id}", env_modules=("gym_envs",))
     env = wrappers.Async(make, "process")
-    with pytest.raises(wrappers.EnvError, match=r"action space MultiDiscrete\(\[2 3\]\), which Dreamer does not take"):
+    with pytest.raises(wrappers.EnvError, match=rf"action space {space}.*, which Dreamer does not take"):
         env.access("action_space")
     env.close()
