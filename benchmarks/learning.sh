@@ -16,14 +16,16 @@ shift $(($# < 2 ? $# : 2))
 precision=32
 for ((i = 1; i <= $#; i++)); do
   if [[ "${!i}" == --precision ]]; then j=$((i + 1)); precision="${!j}"; fi
+  if [[ "${!i}" == --precision=* ]]; then precision="${!i#--precision=}"; fi
 done
 logdir="${LOGDIR:-./logdir/dmc_cartpole_balance/dreamer-${precision}/${seed}}"
 echo "Learning check: seed ${seed}, ${minutes} minutes, logdir ${logdir}."
 status=0
-timeout --signal=TERM --kill-after=20m "${minutes}m" \
+# The run's own exit status: 0 also when the budget's SIGTERM stopped it cleanly (checkpoint written), not when
+# it failed in its stop or needed the SIGKILL.
+timeout --preserve-status --signal=TERM --kill-after=20m "${minutes}m" \
   python dreamer.py --logdir "${logdir}" --configs cpu_check --seed "${seed}" --precision 32 "$@" || status=$?
-# 124: the budget ran out and the run stopped cleanly (checkpoint written).
-if [[ ${status} -ne 0 && ${status} -ne 124 ]]; then exit "${status}"; fi
+if [[ ${status} -ne 0 ]]; then exit "${status}"; fi
 python - "${logdir}" <<'PY'
 import json, pathlib, sys
 lines = pathlib.Path(sys.argv[1], "metrics.jsonl").read_text().splitlines()

@@ -367,6 +367,7 @@ def main(args):
     sizes = TINY if args.quick else DEFAULT
     host = run_child(["--worker", "host", "--batch", "x".join(map(str, args.batches[0]))], args)
     env = run_child(["--worker", "env", "--env_steps", str(args.env_steps)], args)
+    failed = (host is None) + (env is None)
     train = {}
     for precision in args.precisions:
         for jit in args.jits:
@@ -379,6 +380,7 @@ def main(args):
                     result = run_child(argv + ["--deterministic", str(deterministic)], args)
                     if result:
                         train[(precision, jit, batch, deterministic)] = result
+                    failed += not result
     records = []
     for (precision, jit, batch, deterministic), r in train.items():
         train_records(records, r, precision, jit, batch, sizes, host, args, deterministic)
@@ -393,6 +395,9 @@ def main(args):
     print(f"\n{info['machine']['cpu']}, {info['machine']['cores']} cores, TF {tf_version}, {info['date']}")
     print_table(records)
     print(f"\nAppended {len(records)} lines to {args.out}.")
+    if failed:
+        print(f"{failed} measurement(s) failed: see their output above.", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def parse_args(argv=None):
@@ -409,20 +414,33 @@ def parse_args(argv=None):
     # Internal: child processes.
     parser.add_argument("--worker", choices=("train", "host", "env"), help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=("32", "bf16", "16"), help=argparse.SUPPRESS)
-    parser.add_argument("--jit", default="False", help=argparse.SUPPRESS)
-    parser.add_argument("--deterministic", default="False", help=argparse.SUPPRESS)
+    parser.add_argument("--jit", help=argparse.SUPPRESS)
+    parser.add_argument("--deterministic", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=batch, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    internal = [flag for flag in ("precision", "jit", "batch", "deterministic") if getattr(args, flag) is not None]
+    if internal and not args.worker:  # E.g. --precision 16 would measure the default precisions.
+        instead = dict(precision="--precisions", jit="--jits", batch="--batches")
+        fix = f"use {instead[internal[0]]}" if internal[0] in instead else "32 is measured both ways by itself"
+        parser.error(f"--{internal[0]} is the measuring children's; {fix}")
     args.precisions = args.precisions.split(",")
     for p in args.precisions:
         if p not in ("32", "bf16", "16"):
             parser.error(f"--precisions: unknown precision {p!r}; use 32, bf16 or 16")
-    to_bool = lambda s: s.strip().lower() in ("true", "1", "yes")
-    args.jit = to_bool(args.jit)
+
+    def to_bool(text):
+        if text.strip().lower() not in ("true", "1", "yes", "false", "0", "no"):
+            parser.error(f"--jits: expected True or False, got {text!r}")
+        return text.strip().lower() in ("true", "1", "yes")
+
+    args.jit, args.deterministic = to_bool(args.jit or "False"), args.deterministic or "False"
     args.jits = [to_bool(j) for j in (args.jits or ("False" if args.quick else "False,True")).split(",")]
     args.batches = [batch(b) for b in (args.batches or ("4x10" if args.quick else "50x50,16x16")).split(",")]
-    args.timed = args.timed or (3 if args.quick else 5)
-    args.env_steps = args.env_steps or (20 if args.quick else 300)
+    args.timed = (3 if args.quick else 5) if args.timed is None else args.timed
+    args.env_steps = (20 if args.quick else 300) if args.env_steps is None else args.env_steps
+    for flag, least in (("timed", 1), ("env_steps", 1), ("policy", 0)):
+        if getattr(args, flag) < least:
+            parser.error(f"--{flag}: must be at least {least}, got {getattr(args, flag)}")
     if args.quick:
         args.policy = min(args.policy, 20)
     return args
@@ -434,4 +452,4 @@ if __name__ == "__main__":
         result = dict(train=worker_train, host=worker_host, env=worker_env)[args.worker](args)
         print(MARK + json.dumps(result), flush=True)
     else:
-        main(args)
+        sys.exit(main(args))
