@@ -138,8 +138,9 @@ def serve(config, strategy, make_agent):
         train_with_chief(config, strategy, make_agent, name)
     except ERRORS as e:
         sys.exit(lost(f"worker {name}", e))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Not a success: a scheduler that restarts failed hosts restarts this one too.
         print(f"Worker {name}: interrupted; the chief and the other workers stop with an error.", flush=True)
+        sys.exit(1)
 
 
 def train_with_chief(config, strategy, make_agent, name):
