@@ -192,6 +192,9 @@ def make_dataset(store, config, start=None):
     # Every worker samples its own batches (its store has its own seed): sharding would only discard some.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    # Nothing here is tuned, and with autotuning on, dropping the iterator of the last burst waits 1-3 s for
+    # tf.data's tuning thread, before every burst.
+    options.autotune.enabled = False
     return dataset.with_options(options).prefetch(4)
 
 
