@@ -5,6 +5,7 @@ Usage (from the repository root):
     python benchmarks/precision.py                  # 1000 train steps, half width, precisions 32,bf16,16
     python benchmarks/precision.py --quick          # tiny networks and 60 steps: about a minute
     python benchmarks/precision.py --steps 3000 --every 250 --precisions 32,bf16
+    python benchmarks/precision.py --precisions 32 --twin   # float32 against itself with other noise
 
 One set of real episodes (dmc_cartpole_balance, random actions, --seed) is collected once into --episodes and
 reused by later runs. Every precision starts from the same initial weights (those of the float32 agent) and
@@ -13,6 +14,10 @@ and the update count), so any divergence comes from the precision alone. Every -
 per metric, the mean over those steps for each precision side by side, and the relative deviation from
 float32. `imag_return` is the weighted mean λ-return of the imagined rollouts (minus the actor loss); for
 float16, `model_loss_scale` and `*_skipped` (the fraction of steps skipped for non-finite gradients).
+
+With --twin, a column 32' is float32 again with other latent and action noise (seed + 1): how far float32 drifts
+from itself, the scale against which the half precisions' drift is read. (Float32 on the CPU repeats itself
+exactly, so the 32 column of any two invocations with the same flags is the same.)
 """
 
 import argparse
@@ -72,7 +77,9 @@ def collect(directory, seed, episodes):
 
 
 def build(config, precision, example, act_dim, weights=None):
-    config = tools.AttrDict(config, precision=precision)
+    twin = precision.endswith("'")  # The same weights and batches, other noise.
+    precision = precision.rstrip("'")
+    config = tools.AttrDict(config, precision=precision, seed=config.seed + twin)
     keras.mixed_precision.set_global_policy(POLICIES[precision])
     dataset = tf.data.Dataset.from_tensors(example)
     agent = dreamer.Dreamer(config, None, dataset, example["image"].shape[2:], act_dim, 0)
@@ -114,6 +121,7 @@ def main():
     parser.add_argument("--episodes", type=pathlib.Path, default=ROOT / "logdir" / "precision-soak-episodes")
     parser.add_argument("--num_episodes", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny networks, 60 steps, 3 episodes")
+    parser.add_argument("--twin", action="store_true", help="also float32 with other noise, as column 32'")
     args = parser.parse_args()
     sizes = TINY if args.quick else HALF
     if args.quick:
@@ -122,6 +130,7 @@ def main():
     precisions = args.precisions.split(",")
     if precisions[0] != "32":
         precisions = ["32"] + [p for p in precisions if p != "32"]
+    precisions += ["32'"] * args.twin
     lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "?")
     print(f"Machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}.")
