@@ -16,8 +16,8 @@ float32. `imag_return` is the weighted mean λ-return of the imagined rollouts (
 float16, `model_loss_scale` and `*_skipped` (the fraction of steps skipped for non-finite gradients).
 
 With --twin, a column 32' is float32 again with other latent and action noise (seed + 1): how far float32 drifts
-from itself, the scale against which the half precisions' drift is read. (Float32 on the CPU repeats itself
-exactly, so the 32 column of any two invocations with the same flags is the same.)
+from itself, the scale against which the half precisions' drift is read. The 32 columns of two invocations differ
+too, at rounding level: op determinism is not enabled, so TensorFlow's threaded CPU kernels may sum in another order.
 """
 
 import argparse
