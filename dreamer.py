@@ -816,6 +816,11 @@ def finish_episodes(config, agent, envs, state):
     return simulate(agent, envs, episodes=state[1] + unfinished, state=state, reset_seed=reset_seed(config, agent))
 
 
+def env_failed(error, kept):
+    """The message of a run whose environment kept crashing (wrappers.Collect restarts one that crashes once)."""
+    return f"error: {error}. Fix the environment and run the command again: {kept}."
+
+
 def tested_steps(logdir):
     """The env steps of the test episodes in metrics.jsonl."""
     path, steps = logdir / "metrics.jsonl", set()
@@ -946,6 +951,8 @@ def train(config, strategy=None, start=lambda go: None):
                 stopped = prefill(config, train_envs, datadir, step, fill)
             except KeyboardInterrupt:  # A second stop signal: the episodes under way are lost.
                 stopped = True
+            except wrappers.WorkerError as e:
+                sys.exit(env_failed(e, "its complete episodes are on disk, and the rerun prefills on from there"))
             step = tools.count_steps(datadir, config.action_repeat)
             if stopped or STOP():  # Its complete episodes are on disk: a rerun prefills on from there.
                 print(f"Stopped in the prefill at env step {step}; run the command again to resume.", flush=True)
@@ -997,6 +1004,9 @@ def train(config, strategy=None, start=lambda go: None):
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
+        except wrappers.WorkerError as e:
+            agent.save()
+            sys.exit(env_failed(e, "the checkpoint above holds the training so far, and the rerun resumes from it"))
         except cluster.ERRORS as e:
             agent.save()  # Local, no collectives: the weights so far, for the restarted cluster.
             sys.exit(cluster.lost("the chief", e))
@@ -1072,6 +1082,8 @@ def evaluate(config):
         step = agent.load()
         seed = lambda index, calls: tools.keyed_seed(config.seed, 1, step or 0, index, calls)
         tools.simulate(functools.partial(agent, training=False), envs, episodes=config.eval_episodes, reset_seed=seed)
+    except wrappers.WorkerError as e:
+        sys.exit(env_failed(e, "nothing was written"))
     finally:
         for env in envs:
             env.close()

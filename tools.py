@@ -247,7 +247,8 @@ def simulate(agent, envs, steps=0, episodes=0, state=None, reset_seed=None, stop
     """Step `envs` with `agent` until `steps` agent steps or `episodes` episodes; resumable via `state`.
 
     `reset_seed(i, step)` seeds env i's reset at agent step `step` of this call. Once `stop()` is true, the call
-    returns where an episode ends (with none under way when all end together, as fixed-length ones do)."""
+    returns where an episode ends (with none under way when all end together, as fixed-length ones do). An episode
+    that crashed (`info["crashed"]`, see wrappers.Collect) is not counted: its environment starts another."""
     if state is None:
         step, episode = 0, 0
         done = np.ones(len(envs), bool)
@@ -269,10 +270,10 @@ def simulate(agent, envs, steps=0, episodes=0, state=None, reset_seed=None, stop
         action, agent_state = agent(batch, done, agent_state)
         action = np.asarray(action)
         promises = [e.step(a, blocking=False) for e, a in zip(envs, action)]
-        obs, _, done = zip(*[p()[:3] for p in promises])
+        obs, _, done, info = zip(*[p() for p in promises])
         obs = list(obs)
         done = np.stack(done)
-        episode += int(done.sum())
+        episode += int(sum(d and not i.get("crashed") for d, i in zip(done, info)))  # A crashed one starts again.
         length += 1
         step += len(envs)
         length *= 1 - done

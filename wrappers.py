@@ -1,5 +1,7 @@
 import atexit
+import contextlib
 import difflib
+import functools
 import importlib
 import json
 import multiprocessing
@@ -651,17 +653,26 @@ class ObsDict(Wrapper):
 
 
 class Collect(Wrapper):
-    def __init__(self, env, callbacks=(), precision=32):
+    """Hands each finished episode to the callbacks. An environment that crashes (its worker died or raised) is
+    restarted and its episode under way dropped: the step reports it done with `info["crashed"]`. After
+    `max_crashes` crashes without a finished episode between them, the WorkerError is raised."""
+
+    def __init__(self, env, callbacks=(), precision=32, max_crashes=3):
         super().__init__(env)
         self._callbacks, self._precision, self._episode = callbacks, precision, None
+        self._max_crashes, self._crashes, self._obs = max_crashes, 0, None
 
     def step(self, action, blocking=True):
         assert self._episode is not None, "Must reset environment."
         promise = self._call("step", action)
 
         def receive():
-            obs, reward, done, info = promise()
-            obs = {k: self._convert(v) for k, v in obs.items()}
+            try:
+                obs, reward, done, info = promise()
+            except WorkerError as e:
+                self._crashed(e)
+                return self._obs, 0.0, True, {"crashed": True}
+            obs = self._obs = {k: self._convert(v) for k, v in obs.items()}
             discount = info.get("discount", np.array(1 - float(done)))
             transition = {
                 **obs,
@@ -673,7 +684,7 @@ class Collect(Wrapper):
             if done:
                 episode = {k: [t[k] for t in self._episode] for k in self._episode[0]}
                 episode = {k: self._convert(v) for k, v in episode.items()}
-                self._episode = None
+                self._episode, self._crashes = None, 0
                 info["episode"] = episode
                 for callback in self._callbacks:
                     callback(episode)
@@ -685,13 +696,36 @@ class Collect(Wrapper):
         promise = self._call("reset", **kwargs)
 
         def receive():
-            obs = {k: self._convert(v) for k, v in promise().items()}
+            nonlocal promise
+            while True:
+                try:
+                    obs = promise()
+                    break
+                except WorkerError as e:
+                    self._crashed(e)
+                    promise = self._call("reset", **kwargs)
+            obs = self._obs = {k: self._convert(v) for k, v in obs.items()}
             space = self._env.action_space
             action = np.zeros(space.shape, space.dtype)
             self._episode = [{**obs, "action": action, "reward": 0.0, "discount": 1.0}]
             return obs
 
         return receive() if blocking else receive
+
+    def _crashed(self, error):
+        steps = len(self._episode) - 1 if self._episode else 0
+        self._episode, self._crashes = None, self._crashes + 1
+        reason = str(error).strip().splitlines()[-1]
+        if self._crashes >= self._max_crashes:
+            raise WorkerError(
+                f"the environment crashed {self._crashes} times without finishing an episode in between; "
+                f"the last time: {reason}"
+            ) from error
+        print(
+            f"The environment crashed: restarted it, dropping its episode under way ({steps} agent steps). {reason}",
+            flush=True,
+        )
+        self._env.restart()
 
     def _call(self, name, *args, **kwargs):
         if isinstance(self._env, Async):
@@ -719,21 +753,30 @@ class Async:
     def __init__(self, ctor, strategy="process"):
         if strategy not in ("none", "thread", "process"):
             raise ValueError(f"Unknown strategy '{strategy}': valid ones are 'none', 'thread', 'process'.")
-        self._strategy, self._cache, self._closed = strategy, {}, False
-        if strategy == "none":
-            self._env = ctor()
-            return
-        if strategy == "thread":
+        self._ctor, self._strategy, self._cache = ctor, strategy, {}
+        self._start()
+        if strategy != "none":
+            atexit.register(self.close)
+
+    def _start(self):
+        self._closed = False
+        if self._strategy == "none":
+            self._env = self._ctor()
+        elif self._strategy == "thread":
             self._conn, conn = multiprocessing.Pipe()
-            self._worker = threading.Thread(target=_worker, args=(conn, ctor), daemon=True)
+            self._worker = threading.Thread(target=_worker, args=(conn, self._ctor), daemon=True)
             self._worker.start()
         else:
             context = multiprocessing.get_context("spawn")
             self._conn, conn = context.Pipe()
-            self._worker = context.Process(target=_worker, args=(conn, ctor), daemon=True)
-            _start_without_main(self._worker, ctor)
+            self._worker = context.Process(target=_worker, args=(conn, self._ctor), daemon=True)
+            _start_without_main(self._worker, self._ctor)
             conn.close()  # So that a dead worker shows up as EOF.
-        atexit.register(self.close)
+
+    def restart(self):
+        """A fresh environment from the same constructor, in a fresh worker (the spaces stay cached)."""
+        self.close(timeout=1)
+        self._start()
 
     @property
     def obs_space(self):
@@ -753,7 +796,13 @@ class Async:
 
     def call(self, name, *args, blocking=True, **kwargs):
         if self._strategy == "none":
-            result = getattr(self._env, name)(*args, **kwargs)
+            try:
+                result = getattr(self._env, name)(*args, **kwargs)
+            except Exception:  # noqa: BLE001 (whatever the environment raises, as a worker would report it)
+                error = WorkerError(f"Error in the environment:\n{traceback.format_exc()}")
+                if blocking:
+                    raise error from None
+                return functools.partial(_raise, error)
             return result if blocking else (lambda: result)
         promise = self._request(_CALL, (name, args, kwargs))
         return promise() if blocking else promise
@@ -769,7 +818,8 @@ class Async:
             return
         self._closed = True
         if self._strategy == "none":
-            getattr(self._env, "close", lambda: None)()
+            with contextlib.suppress(Exception):  # It may be what crashed.
+                getattr(self._env, "close", lambda: None)()
             return
         try:
             self._conn.send((_CLOSE, None))
@@ -813,6 +863,10 @@ class Async:
         if code == -signal.SIGSEGV:
             message += " If it was rendering, check it did not import TensorFlow."
         return message
+
+
+def _raise(error):
+    raise error
 
 
 def _start_without_main(process, ctor):

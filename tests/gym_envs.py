@@ -1,5 +1,9 @@
 """Small Gymnasium environments for the tests, registered on import: `--env_module gym_envs` (from tests/)."""
 
+import os
+import pathlib
+import signal
+
 import gymnasium
 import numpy as np
 from gymnasium import spaces
@@ -27,6 +31,30 @@ class PixelReach(gymnasium.Env):
         x, y = (self._state / 2 * 47).astype(int)
         image[y, x] = 255
         return image
+
+
+class Crashing(PixelReach):
+    """PixelReach that crashes at the 5th step of the episodes whose indices are in `crash`, counted across restarts
+    by the lines of the file `count` (one per reset): with `how` "kill" its process is killed (as by a segfault or
+    the OOM killer), with "raise" it raises."""
+
+    def __init__(self, count, crash=(), how="raise"):
+        super().__init__()
+        self._count, self._crash, self._how = pathlib.Path(count), set(crash), how
+
+    def reset(self, seed=None, options=None):
+        with self._count.open("a") as f:
+            f.write("reset\n")
+        self._episode, self._steps = len(self._count.read_text().splitlines()) - 1, 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self._steps += 1
+        if self._steps == 5 and self._episode in self._crash:
+            if self._how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("simulator lost")
+        return super().step(action)
 
 
 class VectorDiscrete(gymnasium.Env):
@@ -117,6 +145,7 @@ class HugeBounds(PixelReach):
 
 
 gymnasium.register("PixelReach-v0", entry_point=PixelReach)
+gymnasium.register("Crashing-v0", entry_point=Crashing)
 gymnasium.register("VectorDiscrete-v0", entry_point=VectorDiscrete, max_episode_steps=30)
 gymnasium.register("Terminating-v0", entry_point=Terminating)
 gymnasium.register("NoImage-v0", entry_point=NoImage)

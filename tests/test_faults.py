@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import functools
 import time
 
 import numpy as np
@@ -15,6 +16,9 @@ import tensorflow as tf
 from conftest import ROOT, TINY, run_dreamer
 
 import tools
+import wrappers
+
+TESTS = ROOT / "tests"
 
 
 def evaluated_steps(logdir):
@@ -157,3 +161,51 @@ def test_a_second_stop_signal_raises_only_where_the_run_waits_on_its_environment
     code += "    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(0.1)\nprint('survived')"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGTERM and "survived" not in result.stdout
+
+
+def crashing(tmp_path, crash, how="raise"):
+    """The constructor of gym_envs.Crashing: episodes of 20 steps, those with indices in `crash` crash at step 5."""
+    kwargs = {"count": str(tmp_path / "count"), "crash": crash, "how": how}
+    return functools.partial(wrappers.make_env, "gym_Crashing-v0", 1, 20, env_modules=["gym_envs"], env_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("strategy, how", [("process", "kill"), ("process", "raise"), ("none", "raise")])
+def test_environment_that_crashes_is_restarted_and_its_episode_dropped(tmp_path, capsys, strategy, how):
+    episodes = []
+    env = wrappers.Collect(wrappers.Async(crashing(tmp_path, [1], how), strategy), [episodes.append])
+    agent = lambda obs, done, state: (np.zeros((len(done), 2), np.float32), state)
+    try:
+        state = tools.simulate(agent, [env], episodes=3)
+    finally:
+        env.close()
+    assert state[1] == 0 and [len(episode["reward"]) for episode in episodes] == [21, 21, 21]
+    assert len((tmp_path / "count").read_text().splitlines()) == 4  # The crashed episode, then a fresh one.
+    died = "The environment worker died (exit code -9). It was killed by SIGKILL."
+    reason = died if how == "kill" else "RuntimeError: simulator lost"
+    crashed = "The environment crashed: restarted it, dropping its episode under way (4 agent steps). "
+    assert capsys.readouterr().out == crashed + reason + "\n"
+
+
+def test_environment_that_keeps_crashing_stops_the_run_with_a_checkpoint_to_resume_from(tmp_path):
+    """Crashes in the train episodes 3 to 5 (0 and 1 are the prefill's, 2 the evaluation's): after the third the
+    run saves a checkpoint and exits 1; the same command, once the environment works again, resumes the run."""
+    kwargs = json.dumps({"count": str(tmp_path / "count"), "crash": [3, 4, 5]})
+    flags = [*TINY, "--task", "gym_Crashing-v0", "--env_module", "gym_envs", "--env_kwargs", kwargs, "--steps", "160"]
+    flags += "--log_images False --time_limit 40 --prefill 80 --pretrain 2 --train_every 40 --eval_every 80".split()
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    logdir = tmp_path / "run"
+    result = run_dreamer(logdir, *flags, env=env, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout[-3000:]
+    crashed = "The environment crashed: restarted it, dropping its episode under way (2 agent steps). RuntimeError: "
+    assert result.stdout.count(crashed + "simulator lost") == 2
+    assert (
+        "error: the environment crashed 3 times without finishing an episode in between; the last time: "
+        "RuntimeError: simulator lost. Fix the environment and run the command again: the checkpoint above holds "
+        "the training so far, and the rerun resumes from it." in result.stdout
+    )
+    assert "Saved checkpoint" in result.stdout.split(crashed)[-1]
+    assert len(list((logdir / "episodes").glob("*.npz"))) == 2  # The prefill's; no crashed episode.
+    resumed = run_dreamer(logdir, *flags, env=env).stdout
+    assert "Loaded checkpoint" in resumed and "crashed" not in resumed
+    assert evaluated_steps(logdir) == [80, 160]
+    assert sorted(tools.episode_length(f) for f in (logdir / "episodes").glob("*.npz")) == [20] * 4
