@@ -816,6 +816,14 @@ def finish_episodes(config, agent, envs, state):
     return simulate(agent, envs, episodes=state[1] + unfinished, state=state, reset_seed=reset_seed(config, agent))
 
 
+def collected_steps(config, state):
+    """Env steps of the episodes on disk and of those under way (`simulate`'s state): the agent's step, but for
+    the steps of episodes that crashed."""
+    return tools.count_steps(config.logdir / "episodes", config.action_repeat) + config.action_repeat * int(
+        state[3].sum()
+    )
+
+
 def env_failed(error, kept):
     """The message of a run whose environment kept crashing (wrappers.Collect restarts one that crashes once)."""
     return f"error: {error}. Fix the environment and run the command again: {kept}."
@@ -971,7 +979,7 @@ def train(config, strategy=None, start=lambda go: None):
         agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step, strategy)
         agent.load(resume=True)
         save_config(config)
-        state = None
+        state, failed = None, None
 
         def evaluate_and_save():
             print("Start evaluation.", flush=True)
@@ -994,19 +1002,21 @@ def train(config, strategy=None, start=lambda go: None):
                 collect_steps, behind = min(behind or config.eval_every, config.steps - agent.step), 0
                 steps = -(-collect_steps // config.action_repeat)
                 state = simulate(agent, train_envs, steps, state=state, reset_seed=reset_seed(config, agent), stop=STOP)
+                agent.step = collected_steps(config, state)  # Less the steps of crashed episodes, if any.
                 if state[0] < 0:  # Stopped where an episode ended: the checkpoint and the episodes are the run.
                     agent.save()
                     print(f"Stopped at env step {agent.step}; run the command again to resume.", flush=True)
                     break
                 if agent.step >= config.steps:  # The last chunk: at most one episode past --steps.
                     state = finish_episodes(config, agent, train_envs, state)
+                    agent.step = collected_steps(config, state)
                 evaluate_and_save()
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)
             agent.save()
         except wrappers.WorkerError as e:
             agent.save()
-            sys.exit(env_failed(e, "the checkpoint above holds the training so far, and the rerun resumes from it"))
+            failed = env_failed(e, "the training so far is in the checkpoint, and the rerun resumes from it")
         except cluster.ERRORS as e:
             agent.save()  # Local, no collectives: the weights so far, for the restarted cluster.
             sys.exit(cluster.lost("the chief", e))
@@ -1015,6 +1025,8 @@ def train(config, strategy=None, start=lambda go: None):
             env.close()
         logger.close()
     cluster.leave(agent)
+    if failed:
+        sys.exit(failed)
 
 
 class Stop:

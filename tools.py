@@ -248,7 +248,7 @@ def simulate(agent, envs, steps=0, episodes=0, state=None, reset_seed=None, stop
 
     `reset_seed(i, step)` seeds env i's reset at agent step `step` of this call. Once `stop()` is true, the call
     returns where an episode ends (with none under way when all end together, as fixed-length ones do). An episode
-    that crashed (`info["crashed"]`, see wrappers.Collect) is not counted: its environment starts another."""
+    that crashed (`info["crashed"]`, see wrappers.Collect) counts neither as an episode nor in the steps."""
     if state is None:
         step, episode = 0, 0
         done = np.ones(len(envs), bool)
@@ -273,9 +273,10 @@ def simulate(agent, envs, steps=0, episodes=0, state=None, reset_seed=None, stop
         obs, _, done, info = zip(*[p() for p in promises])
         obs = list(obs)
         done = np.stack(done)
-        episode += int(sum(d and not i.get("crashed") for d, i in zip(done, info)))  # A crashed one starts again.
+        crashed = np.array([bool(i.get("crashed")) for i in info])
+        episode += int(sum(d and not c for d, c in zip(done, crashed)))
         length += 1
-        step += len(envs)
+        step += len(envs) - int(length[crashed].sum())  # A crashed episode's steps are dropped: it starts again.
         length *= 1 - done
     return (step - steps, episode - episodes, done, length, obs, agent_state)
 

@@ -669,7 +669,7 @@ class Collect(Wrapper):
         def receive():
             try:
                 obs, reward, done, info = promise()
-            except WorkerError as e:
+            except (WorkerError, EnvError) as e:
                 self._crashed(e)
                 return self._obs, 0.0, True, {"crashed": True}
             obs = self._obs = {k: self._convert(v) for k, v in obs.items()}
@@ -701,8 +701,10 @@ class Collect(Wrapper):
                 try:
                     obs = promise()
                     break
-                except WorkerError as e:
+                except (WorkerError, EnvError) as e:
                     self._crashed(e)
+                    if "seed" in kwargs:  # Another seed, in case this one is what crashes it.
+                        kwargs["seed"] = (kwargs["seed"] + 1) % 2**31
                     promise = self._call("reset", **kwargs)
             obs = self._obs = {k: self._convert(v) for k, v in obs.items()}
             space = self._env.action_space
@@ -759,24 +761,35 @@ class Async:
             atexit.register(self.close)
 
     def _start(self):
-        self._closed = False
+        self._error = None
         if self._strategy == "none":
             self._env = self._ctor()
         elif self._strategy == "thread":
-            self._conn, conn = multiprocessing.Pipe()
-            self._worker = threading.Thread(target=_worker, args=(conn, self._ctor), daemon=True)
-            self._worker.start()
+            ours, conn = multiprocessing.Pipe()
+            worker = threading.Thread(target=_worker, args=(conn, self._ctor), daemon=True)
+            worker.start()
+            self._conn, self._worker = ours, worker
         else:
             context = multiprocessing.get_context("spawn")
-            self._conn, conn = context.Pipe()
-            self._worker = context.Process(target=_worker, args=(conn, self._ctor), daemon=True)
-            _start_without_main(self._worker, self._ctor)
-            conn.close()  # So that a dead worker shows up as EOF.
+            ours, conn = context.Pipe()
+            worker = context.Process(target=_worker, args=(conn, self._ctor), daemon=True)
+            try:
+                _start_without_main(worker, self._ctor)
+            finally:
+                conn.close()  # So that a dead worker shows up as EOF.
+            self._conn, self._worker = ours, worker
+        self._closed = False  # Only once it runs: close() joins it.
 
     def restart(self):
-        """A fresh environment from the same constructor, in a fresh worker (the spaces stay cached)."""
+        """A fresh environment from the same constructor, in a fresh worker (the spaces stay cached). In process
+        (strategy none) a constructor that fails is reported at the next call, as a worker reports it."""
         self.close(timeout=1)
-        self._start()
+        try:
+            self._start()
+        except Exception:  # noqa: BLE001 (whatever the environment raises)
+            if self._strategy != "none":
+                raise
+            self._error, self._closed = WorkerError(f"Error in the environment:\n{traceback.format_exc()}"), False
 
     @property
     def obs_space(self):
@@ -797,13 +810,18 @@ class Async:
     def call(self, name, *args, blocking=True, **kwargs):
         if self._strategy == "none":
             try:
+                if self._error:  # Its restart failed.
+                    raise self._error
                 result = getattr(self._env, name)(*args, **kwargs)
+            except WorkerError as e:
+                error = e
             except Exception:  # noqa: BLE001 (whatever the environment raises, as a worker would report it)
                 error = WorkerError(f"Error in the environment:\n{traceback.format_exc()}")
-                if blocking:
-                    raise error from None
-                return functools.partial(_raise, error)
-            return result if blocking else (lambda: result)
+            else:
+                return result if blocking else (lambda: result)
+            if blocking:
+                raise error from None
+            return functools.partial(_raise, error)
         promise = self._request(_CALL, (name, args, kwargs))
         return promise() if blocking else promise
 

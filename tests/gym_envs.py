@@ -34,27 +34,33 @@ class PixelReach(gymnasium.Env):
 
 
 class Crashing(PixelReach):
-    """PixelReach that crashes at the 5th step of the episodes whose indices are in `crash`, counted across restarts
-    by the lines of the file `count` (one per reset): with `how` "kill" its process is killed (as by a segfault or
-    the OOM killer), with "raise" it raises."""
+    """PixelReach that crashes in the episodes whose indices are in `crash`, counted across restarts by the lines of
+    the file `count` (one per reset): at their 5th step or (`where` "reset") in their reset, by raising or (`how`
+    "kill") by killing its process, as a segfault or the OOM killer would."""
 
-    def __init__(self, count, crash=(), how="raise"):
+    def __init__(self, count, crash=(), how="raise", where="step"):
         super().__init__()
-        self._count, self._crash, self._how = pathlib.Path(count), set(crash), how
+        self._count, self._crash, self._how, self._where = pathlib.Path(count), set(crash), how, where
 
     def reset(self, seed=None, options=None):
         with self._count.open("a") as f:
             f.write("reset\n")
         self._episode, self._steps = len(self._count.read_text().splitlines()) - 1, 0
+        if self._where == "reset":
+            self._crash_if_due()
         return super().reset(seed=seed, options=options)
 
     def step(self, action):
         self._steps += 1
-        if self._steps == 5 and self._episode in self._crash:
+        if self._where == "step" and self._steps == 5:
+            self._crash_if_due()
+        return super().step(action)
+
+    def _crash_if_due(self):
+        if self._episode in self._crash:
             if self._how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError("simulator lost")
-        return super().step(action)
 
 
 class VectorDiscrete(gymnasium.Env):

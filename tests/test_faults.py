@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import functools
+import multiprocessing
 import time
 
 import numpy as np
@@ -17,8 +18,6 @@ from conftest import ROOT, TINY, run_dreamer
 
 import tools
 import wrappers
-
-TESTS = ROOT / "tests"
 
 
 def evaluated_steps(logdir):
@@ -163,36 +162,48 @@ def test_a_second_stop_signal_raises_only_where_the_run_waits_on_its_environment
     assert result.returncode == -signal.SIGTERM and "survived" not in result.stdout
 
 
-def crashing(tmp_path, crash, how="raise"):
-    """The constructor of gym_envs.Crashing: episodes of 20 steps, those with indices in `crash` crash at step 5."""
-    kwargs = {"count": str(tmp_path / "count"), "crash": crash, "how": how}
+def crashing(tmp_path, **kwargs):
+    """The constructor of gym_envs.Crashing, with episodes of 20 steps."""
+    kwargs = {"count": str(tmp_path / "count"), **kwargs}
     return functools.partial(wrappers.make_env, "gym_Crashing-v0", 1, 20, env_modules=["gym_envs"], env_kwargs=kwargs)
 
 
-@pytest.mark.parametrize("strategy, how", [("process", "kill"), ("process", "raise"), ("none", "raise")])
-def test_environment_that_crashes_is_restarted_and_its_episode_dropped(tmp_path, capsys, strategy, how):
+@pytest.mark.parametrize(
+    "strategy, how, where, crash",
+    [
+        ("process", "kill", "step", [1]),
+        ("process", "raise", "step", [1, 2, 4, 5]),  # Two in a row, twice: each finished episode clears the count.
+        ("thread", "raise", "reset", [1, 2]),
+        ("none", "raise", "step", [1]),
+    ],
+)
+def test_environment_that_crashes_is_restarted_and_its_episode_dropped(tmp_path, capsys, strategy, how, where, crash):
     episodes = []
-    env = wrappers.Collect(wrappers.Async(crashing(tmp_path, [1], how), strategy), [episodes.append])
+    env = wrappers.Async(crashing(tmp_path, crash=crash, how=how, where=where), strategy)
+    env = wrappers.Collect(env, [episodes.append])
     agent = lambda obs, done, state: (np.zeros((len(done), 2), np.float32), state)
     try:
         state = tools.simulate(agent, [env], episodes=3)
     finally:
         env.close()
-    assert state[1] == 0 and [len(episode["reward"]) for episode in episodes] == [21, 21, 21]
-    assert len((tmp_path / "count").read_text().splitlines()) == 4  # The crashed episode, then a fresh one.
+    assert not multiprocessing.active_children()  # The crashed workers too are gone.
+    assert state[:2] == (60, 0) and [len(episode["reward"]) for episode in episodes] == [21, 21, 21]
+    assert len((tmp_path / "count").read_text().splitlines()) == 3 + len(crash)  # Each crash, a fresh episode.
     died = "The environment worker died (exit code -9). It was killed by SIGKILL."
     reason = died if how == "kill" else "RuntimeError: simulator lost"
-    crashed = "The environment crashed: restarted it, dropping its episode under way (4 agent steps). "
-    assert capsys.readouterr().out == crashed + reason + "\n"
+    dropped = 4 if where == "step" else 0
+    crashed = f"The environment crashed: restarted it, dropping its episode under way ({dropped} agent steps). "
+    assert capsys.readouterr().out == (crashed + reason + "\n") * len(crash)
 
 
 def test_environment_that_keeps_crashing_stops_the_run_with_a_checkpoint_to_resume_from(tmp_path):
-    """Crashes in the train episodes 3 to 5 (0 and 1 are the prefill's, 2 the evaluation's): after the third the
-    run saves a checkpoint and exits 1; the same command, once the environment works again, resumes the run."""
-    kwargs = json.dumps({"count": str(tmp_path / "count"), "crash": [3, 4, 5]})
+    """The train episodes 3 to 5 crash (0 and 1 are the prefill's, 2 the evaluation's): after the third crash in a
+    row the run saves a checkpoint and exits 1. --eval_only gives up likewise (episodes 6 to 8). The same command,
+    with one crash more (9), resumes the run: on the evaluation schedule of the disk's steps."""
+    kwargs = json.dumps({"count": str(tmp_path / "count"), "crash": [3, 4, 5, 6, 7, 8, 9]})
     flags = [*TINY, "--task", "gym_Crashing-v0", "--env_module", "gym_envs", "--env_kwargs", kwargs, "--steps", "160"]
     flags += "--log_images False --time_limit 40 --prefill 80 --pretrain 2 --train_every 40 --eval_every 80".split()
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     logdir = tmp_path / "run"
     result = run_dreamer(logdir, *flags, env=env, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout[-3000:]
@@ -200,12 +211,17 @@ def test_environment_that_keeps_crashing_stops_the_run_with_a_checkpoint_to_resu
     assert result.stdout.count(crashed + "simulator lost") == 2
     assert (
         "error: the environment crashed 3 times without finishing an episode in between; the last time: "
-        "RuntimeError: simulator lost. Fix the environment and run the command again: the checkpoint above holds "
-        "the training so far, and the rerun resumes from it." in result.stdout
+        "RuntimeError: simulator lost. Fix the environment and run the command again: the training so far is in the "
+        "checkpoint, and the rerun resumes from it." in result.stdout
     )
     assert "Saved checkpoint" in result.stdout.split(crashed)[-1]
     assert len(list((logdir / "episodes").glob("*.npz"))) == 2  # The prefill's; no crashed episode.
+
+    evaluated = run_dreamer(logdir, *flags, "--eval_only", "True", env=env, check=False)
+    assert evaluated.returncode == 1 and "run the command again: nothing was written." in evaluated.stdout
+    assert not (logdir / "eval.jsonl").exists() and not (logdir / "eval").exists()
+
     resumed = run_dreamer(logdir, *flags, env=env).stdout
-    assert "Loaded checkpoint" in resumed and "crashed" not in resumed
-    assert evaluated_steps(logdir) == [80, 160]
+    assert "Loaded checkpoint" in resumed and resumed.count("The environment crashed") == 1
+    assert evaluated_steps(logdir) == [80, 160] and (logdir / "checkpoints" / "ckpt-160.index").exists()
     assert sorted(tools.episode_length(f) for f in (logdir / "episodes").glob("*.npz")) == [20] * 4
