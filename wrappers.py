@@ -48,7 +48,7 @@ SUITES = ("dmc", "atari", "gym")
 
 
 def check_task(task):
-    """Raise ValueError saying what is wrong with a task name and how to fix it; renders nothing, makes no GL context."""
+    """Raise ValueError saying what is wrong with a task name and how to fix it (renders nothing: no GL context)."""
     suite, _, name = task.partition("_")
     if suite not in SUITES or not name:
         prefixes = ", ".join(f"{s}_" for s in SUITES)

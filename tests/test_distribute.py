@@ -140,8 +140,8 @@ def test_multi_worker_trains_in_lockstep_and_only_the_chief_writes(tmp_path):
     assert not list(cwd.iterdir())
     assert "Saved checkpoint" not in worker
 
-    # Restarted, the worker rejoins from the chief's latest checkpoint. SIGTERM and SIGINT to the chief in the middle of a
-    # train burst: it finishes the step in hand, checkpoints, releases the worker, and they still agree.
+    # Restarted, the worker rejoins from the chief's latest checkpoint. SIGTERM and SIGINT to the chief in the middle of
+    # a train burst: it finishes the step in hand, checkpoints, releases the worker, and they still agree.
     chief, worker = run_cluster(
         logdir, cwd, *SMALL, "--steps", "1e6", "--train_steps", "50", stop_at="Training for 50 steps."
     )
