@@ -1010,6 +1010,7 @@ def train(config, strategy=None, start=lambda go: None):
                 if agent.step >= config.steps:  # The last chunk: at most one episode past --steps.
                     state = finish_episodes(config, agent, train_envs, state)
                     agent.step = collected_steps(config, state)
+                    state = (max(0, state[0]), *state[1:])  # Steps a crash dropped here are made up by the next chunk.
                 evaluate_and_save()
         except KeyboardInterrupt:
             print("Interrupted: saving a checkpoint before exiting.", flush=True)

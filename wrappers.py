@@ -693,7 +693,7 @@ class Collect(Wrapper):
         return receive() if blocking else receive
 
     def reset(self, blocking=True, **kwargs):
-        promise = self._call("reset", **kwargs)
+        promise = self._reset(kwargs)
 
         def receive():
             nonlocal promise
@@ -703,9 +703,7 @@ class Collect(Wrapper):
                     break
                 except (WorkerError, EnvError) as e:
                     self._crashed(e)
-                    if "seed" in kwargs:  # Another seed, in case this one is what crashes it.
-                        kwargs["seed"] = (kwargs["seed"] + 1) % 2**31
-                    promise = self._call("reset", **kwargs)
+                    promise = self._reset(kwargs)
             obs = self._obs = {k: self._convert(v) for k, v in obs.items()}
             space = self._env.action_space
             action = np.zeros(space.shape, space.dtype)
@@ -714,20 +712,30 @@ class Collect(Wrapper):
 
         return receive() if blocking else receive
 
+    def _reset(self, kwargs):
+        if self._crashes and kwargs.get("seed") is not None:  # Another seed, in case the seed is what crashes it.
+            kwargs = {**kwargs, "seed": (kwargs["seed"] + self._crashes) % 2**31}
+        return self._call("reset", **kwargs)
+
     def _crashed(self, error):
         steps = len(self._episode) - 1 if self._episode else 0
         self._episode, self._crashes = None, self._crashes + 1
-        reason = str(error).strip().splitlines()[-1]
+        text = str(error).strip()
+        reason = (text.splitlines() or [type(error).__name__])[-1]
         if self._crashes >= self._max_crashes:
+            print(text, flush=True)  # The environment's traceback, to find what crashes it.
             raise WorkerError(
                 f"the environment crashed {self._crashes} times without finishing an episode in between; "
                 f"the last time: {reason}"
             ) from error
         print(
-            f"The environment crashed: restarted it, dropping its episode under way ({steps} agent steps). {reason}",
+            f"The environment crashed: restarting it, dropping its episode under way ({steps} agent steps). {reason}",
             flush=True,
         )
-        self._env.restart()
+        try:
+            self._env.restart()
+        except Exception as e:  # noqa: BLE001 (no process or thread to be had, e.g. out of memory)
+            raise WorkerError(f"the environment crashed and could not restart: {type(e).__name__}: {e}") from e
 
     def _call(self, name, *args, **kwargs):
         if isinstance(self._env, Async):
