@@ -1,8 +1,10 @@
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,3 +33,40 @@ def trained_run(tmp_path_factory):
     checkpoint = (logdir / "checkpoints" / "checkpoint").read_text()
     second = run_dreamer(logdir, *TINY, "--steps", "1200").stdout
     return logdir, first, second, checkpoint
+
+
+# Comparing two runs (test_determinism.py, test_stop_resume.py).
+WALL_CLOCK = ("time", "fps")
+
+
+def metrics(logdir):
+    lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in WALL_CLOCK} for line in lines]
+
+
+def episodes(logdir):
+    files = sorted((logdir / "episodes").glob("*.npz"))
+    return [f.name for f in files], [dict(np.load(f)) for f in files]
+
+
+def weights(logdir):
+    import tensorflow as tf  # Not at the top: test_wrappers.py renders in processes that never import it.
+
+    reader = tf.train.load_checkpoint(str(logdir / "checkpoints"))
+    names = [name for name, _ in tf.train.list_variables(str(logdir / "checkpoints"))]
+    return {name: reader.get_tensor(name) for name in names if "save_counter" not in name}
+
+
+def assert_same_run(first, second):
+    assert metrics(first) == metrics(second)
+    names, arrays = episodes(first)
+    other_names, other_arrays = episodes(second)
+    assert names == other_names
+    for ours, theirs in zip(arrays, other_arrays):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    ours, theirs = weights(first), weights(second)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
