@@ -96,9 +96,10 @@ FLAGS = dict(
     log_images=(True, "log open-loop video predictions and test episode videos to TensorBoard"),
     gpu_growth=(True, "let TensorFlow allocate GPU memory as it needs it rather than all at once"),
     precision=(
-        "32",
-        "32, 16 (mixed float16, the paper's on GPUs) or bf16 (mixed bfloat16); 32 everywhere: bf16 passes the "
-        "learning check but ran slower than 32 on the CPUs measured, 16 has yet to pass it (see docs/precision.md)",
+        None,
+        "32, 16 (mixed float16, the paper's) or bf16 (mixed bfloat16); default: the run's in --logdir, else 16 where "
+        "TensorFlow sees a GPU and 32 without one (all three learn in the learning check; 16 and bf16 ran slower "
+        "than 32 on the CPUs measured: see docs/precision.md)",
         ("16", "32", "bf16"),
     ),
     jit=(False, "compile the train step with XLA (slower on CPU; try it on GPUs)"),
@@ -283,7 +284,20 @@ def parse(parser, argv):
         config.logdir = config.logdir.expanduser()
     except RuntimeError as e:
         parser.error(f"argument --logdir: {e}")
+    if config.precision is None:
+        config.precision = default_precision(config.logdir)
     return config
+
+
+def default_precision(logdir):
+    """The precision of the run in logdir, else 16 on GPUs (where float16 pays) and 32 on CPUs (where it did not)."""
+    try:
+        saved = json.loads((logdir / "config.json").read_text())["precision"]
+    except (OSError, ValueError, KeyError):
+        saved = None
+    if saved in FLAGS["precision"][2]:
+        return saved
+    return "16" if tf.config.list_physical_devices("GPU") else "32"
 
 
 def flag_problem(config):
@@ -390,7 +404,7 @@ def flag_table():
         elif isinstance(default, int) and not isinstance(default, bool) and default >= 10000:
             default = f"{default:.0e}".replace("e+0", "e").replace("e+", "e")
         elif default is None or default == "":
-            default = "auto" if key == "deterministic" else "none"
+            default = "auto" if key in ("deterministic", "precision") else "none"
         rows.append(f"| `--{key}` | `{default}` | {text.replace('<', '&lt;').replace('>', '&gt;')} |")
     return "\n".join(rows)
 
