@@ -293,7 +293,7 @@ def default_precision(logdir):
     """The precision of the run in logdir, else 16 on GPUs (where float16 pays) and 32 on CPUs (where it did not)."""
     try:
         saved = json.loads((logdir / "config.json").read_text())["precision"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):  # No run there, or not one of ours.
         saved = None
     if saved in FLAGS["precision"][2]:
         return saved
