@@ -291,13 +291,19 @@ def parse(parser, argv):
 
 def default_precision(logdir):
     """The precision of the run in logdir, else 16 on GPUs (where float16 pays) and 32 on CPUs (where it did not)."""
-    try:
-        saved = json.loads((logdir / "config.json").read_text())["precision"]
-    except (OSError, ValueError, KeyError, TypeError):  # No run there, or not one of ours.
-        saved = None
+    saved = saved_config(logdir).get("precision")
     if saved in FLAGS["precision"][2]:
         return saved
     return "16" if tf.config.list_physical_devices("GPU") else "32"
+
+
+def saved_config(logdir):
+    """The flags of the run in logdir as config.json has them, or {} where there is none (or not one of ours)."""
+    try:
+        saved = json.loads((logdir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def flag_problem(config):
@@ -411,13 +417,7 @@ def flag_table():
 
 def config_mismatch(config, skip=()):
     """Architecture flags that differ from those of the run already in config.logdir, as text."""
-    path = config.logdir.expanduser() / "config.json"
-    if not path.exists():
-        return ""
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return ""
+    saved = saved_config(config.logdir.expanduser())
     differ = [k for k in ARCHITECTURE if k in saved and k not in skip and saved[k] != str(config[k])]
     if "precision" in saved and (saved["precision"] == "16") != (str(config.precision) == "16"):
         differ.append("precision")  # float16's loss-scale optimizers have other variables; 32 and bf16 share theirs.
