@@ -129,13 +129,14 @@ def leave(agent):
         sys.exit(lost("the chief", e))
 
 
-def serve(config, strategy, make_agent):
+def serve(config, strategy, make_agent, saved_config):
     """A non-chief worker: trains with the chief on the shared episode folder and writes nothing; its variables
-    start from the chief's latest checkpoint. `make_agent(dataset, image_shape, act_dim)` builds the agent."""
+    start from the chief's latest checkpoint. `make_agent(dataset, image_shape, act_dim)` builds the agent,
+    `saved_config(logdir)` reads the chief's config.json (dreamer.saved_config)."""
     resolver = strategy.cluster_resolver
     name = f"{resolver.task_type} {resolver.task_id}"
     try:
-        train_with_chief(config, strategy, make_agent, name)
+        train_with_chief(config, strategy, make_agent, saved_config, name)
     except ERRORS as e:
         sys.exit(lost(f"worker {name}", e))
     except KeyboardInterrupt:  # Not a success: a scheduler that restarts failed hosts restarts this one too.
@@ -143,7 +144,7 @@ def serve(config, strategy, make_agent):
         sys.exit(1)
 
 
-def train_with_chief(config, strategy, make_agent, name):
+def train_with_chief(config, strategy, make_agent, saved_config, name):
     datadir = config.logdir / "episodes"
     print(f"Worker {name}: waiting for the chief's prefill in {datadir}.", flush=True)
     if not Handshake(strategy)(False):  # The chief's Start.
@@ -167,7 +168,7 @@ def train_with_chief(config, strategy, make_agent, name):
             time.sleep(1)
     image_shape, act_dim = example["image"].shape[1:], example["action"].shape[-1]
     if config.task.startswith("gym_"):  # The chief learned them from the environment (see discrete_actions).
-        saved = json.loads((config.logdir / "config.json").read_text())
+        saved = saved_config(config.logdir)
         config.action_dist, config.expl = saved["action_dist"], saved["expl"]
     agent = make_agent(tools.make_dataset(store, config), image_shape, act_dim)
     agent.load()

@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import fcntl
 import functools
+import itertools
 import json
 import os
 import pathlib
@@ -69,7 +70,7 @@ PRESETS = dict(
     ),
 )
 
-# Every flag, in one place: its default, what it does and, for some, its choices. --help and the README's flag
+# Every flag, in one place: its default, what it does and, for some, its choices. --help and the flag
 # table (flag_table(), checked by a test) are made from it. Defaults are the paper's.
 FLAGS = dict(
     # General.
@@ -106,7 +107,7 @@ FLAGS = dict(
     strategy=(
         "default",
         "default: one device; mirrored: the train step on all local GPUs (or --replicas of them); "
-        "multi_worker: on several hosts, the cluster and this host's place in it from TF_CONFIG (see README)",
+        "multi_worker: on several hosts, each host's place in the cluster from TF_CONFIG (see docs/scale-out.md)",
         ("default", "mirrored", "multi_worker"),
     ),
     replicas=(
@@ -402,7 +403,7 @@ def logdir_problem(config):
 
 
 def flag_table():
-    """The README's flag table, from FLAGS."""
+    """docs/flags.md's flag table, from FLAGS."""
     rows = ["| flag | default | meaning |", "|---|---|---|"]
     for key, (default, text, *_) in FLAGS.items():
         if key in ("logdir", "configs"):
@@ -435,7 +436,8 @@ def mismatch_problem(config, skip=()):
 
 
 class Dreamer:
-    """World model and actor-critic, with one compiled policy and one compiled train step.
+    """World model and actor-critic, with one compiled policy and one compiled train step, and the run's
+    schedules (train, log, evaluate: tools.Every, in the checkpoint). The run loop trains it; its policy only acts.
 
     Under a tf.distribute `strategy` the train step runs on every replica with its share of each batch of
     `dataset` (global batches), and its losses and updates are those of the global batch. `dataset` may also be
@@ -467,6 +469,7 @@ class Dreamer:
             modules = module.modules if name == "model" else [module]
             print(f"Found {sum(models.count_params(m) for m in modules)} {name} parameters.")
         self.train_every, self.log_every = tools.Every(c.train_every), tools.Every(c.log_every)
+        self.eval_every = tools.Every(c.eval_every)
         latent = self.world_model.dynamics.initial(1)
         state_spec = (
             {k: tf.TensorSpec([None, v.shape[-1]], v.dtype) for k, v in latent.items()},
@@ -494,8 +497,12 @@ class Dreamer:
             self.batches = None if self._datasets else iter(dataset)
             self.train = tf.function(self._train, input_signature=[dataset.element_spec], jit_compile=c.jit)
         self.handshake = cluster.Handshake(self.strategy)
+        self._checkpoint = tf.train.Checkpoint(**self._trackables())
+        self._manager = None  # Made after load(), which may drop corrupt checkpoints from the rotation.
+
+    def _trackables(self):
         wm, ac = self.world_model, self.behavior
-        self._checkpoint = tf.train.Checkpoint(
+        return dict(
             encoder=wm.encoder,
             dynamics=wm.dynamics,
             **{f"{k}_head": v for k, v in wm.heads.items()},
@@ -506,27 +513,18 @@ class Dreamer:
             value_opt=ac.value_opt.opt,
             next_train=self.train_every.next,
             next_log=self.log_every.next,
+            next_eval=self.eval_every.next,
         )
-        self._manager = tf.train.CheckpointManager(self._checkpoint, c.logdir / "checkpoints", max_to_keep=2)
 
     def __call__(self, obs, reset, state=None, training=True):
+        """The policy: actions for a batch of observations (`reset` marks the first of an episode)."""
         with STOP.interruptible(False):  # TensorFlow: a second stop signal waits for its end.
-            return self._act(obs, reset, state, training)
-
-    def _act(self, obs, reset, state, training):
-        # A due burst runs before any action, test episodes' too: an evaluation at env step S sees every
-        # update due by S, as in the paper's code (and the first one, after the prefill, the pretraining).
-        trains = self.batches is not None or self._datasets is not None
-        if trains and self.train_every.due(self.step):
-            self._train_burst()
-        if state is None:
-            latent = self.world_model.dynamics.initial(len(reset))
-            state = (latent, tf.zeros((len(reset), self._act_dim), tf.float32))
-        amount = self.expl_amount() if training else self._c.eval_noise
-        action, state = self.policy(obs["image"], reset, state, training, amount, self._policy_seed(training))
-        if training:
-            self.step += len(reset) * self._c.action_repeat
-        return action.numpy(), state
+            if state is None:
+                latent = self.world_model.dynamics.initial(len(reset))
+                state = (latent, tf.zeros((len(reset), self._act_dim), tf.float32))
+            amount = self.expl_amount() if training else self._c.eval_noise
+            action, state = self.policy(obs["image"], reset, state, training, amount, self._policy_seed(training))
+            return action.numpy(), state
 
     def _policy_seed(self, training):
         """(seed, env step, 0) when collecting; (seed, env step, n) for the n-th policy call of an evaluation."""
@@ -542,7 +540,8 @@ class Dreamer:
             amount *= 0.5 ** (self.step / self._c.expl_decay)
         return max(self._c.expl_min, amount)
 
-    def _train_burst(self):
+    def train_burst(self):
+        """The train steps due now (--pretrain the first time), then a line of scalars if one is due."""
         c = self._c
         steps = c.train_steps if self.train_every.started else c.pretrain
         print(f"Training for {steps} steps.", flush=True)
@@ -632,6 +631,12 @@ class Dreamer:
     def save(self):
         if self._saved == self.step:  # Nothing changes between two calls at one env step (e.g. a stop after a test).
             return
+        directory = self._c.logdir / "checkpoints"
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=2)
+        if list(directory.glob(f"ckpt-{self.step}.*")) and f"ckpt-{self.step}" not in self._kept():
+            print(f"Not saving over the corrupt checkpoint ckpt-{self.step}, which stays on disk.", flush=True)
+            return
         if self._logger:  # Scalars not yet written, for the line a resumed run writes next.
             pending = self._c.logdir / "checkpoints" / "pending.json"
             pending.parent.mkdir(parents=True, exist_ok=True)
@@ -640,11 +645,14 @@ class Dreamer:
         self._saved = self.step
         print(f"Saved checkpoint {path}.", flush=True)
 
+    def _kept(self):
+        return [pathlib.Path(p).name for p in self._manager.checkpoints]
+
     def load(self, resume=False):
         """Restore the newest checkpoint that reads back whole, if any; returns its env step or None.
 
         Newer ones that do not (disk trouble, a copy interrupted half way) are reported and left on disk. With
-        `resume` the manager forgets them, so that its rotation keeps two intact checkpoints beside them.
+        `resume` the rotation forgets them, so that it keeps two intact checkpoints beside them.
         """
         directory = self._c.logdir / "checkpoints"
         state = tf.train.get_checkpoint_state(directory)
@@ -662,18 +670,25 @@ class Dreamer:
                 f"no checkpoint in {directory} reads back whole: {'; '.join(corrupt)}. Restore them from a "
                 "copy, or move them away to start over, or use a new --logdir."
             )
+        step = int(path.rsplit("-", 1)[-1])
+        checkpoint = self._checkpoint
+        legacy = not any(name.startswith("next_eval/") for name, _ in tf.train.list_variables(path))
+        if legacy:  # Saved before the evaluation schedule was: the next evaluation falls on its grid after `step`.
+            checkpoint = tf.train.Checkpoint(**{k: v for k, v in self._trackables().items() if k != "next_eval"})
         try:
-            self._checkpoint.restore(path).assert_existing_objects_matched()
+            checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
             exit_2(
                 f"checkpoint {path} does not fit this run ({str(e).splitlines()[0][:300]}). Use the flags it "
                 f"was trained with (see {self._c.logdir / 'config.json'}), or a new --logdir."
             )
-        if resume:
-            for bad in paths[paths.index(path) + 1 :]:
-                getattr(self._manager, "_maybe_delete", {}).pop(bad, None)  # Its list of checkpoints to rotate.
+        if legacy:
+            self.eval_every.done(step)
+        if resume and corrupt:  # The rotation of the CheckpointManager made in save() reads this list.
+            kept = paths.index(path) + 1
+            stamps = list(state.all_model_checkpoint_timestamps)[:kept] or None
+            tf.compat.v1.train.update_checkpoint_state(str(directory), path, paths[:kept], None, stamps)
         print(f"Loaded checkpoint {path}.", flush=True)
-        step = int(path.rsplit("-", 1)[-1])
         pending = self._c.logdir / "checkpoints" / "pending.json"
         if self._logger and pending.exists():
             saved = json.loads(pending.read_text())
@@ -758,9 +773,31 @@ def make_envs(config, mode):
     return envs
 
 
-def collect(config, envs, callbacks):
+def record(config, envs, callbacks):
+    """The environments, handing every finished episode to the callbacks (and restarting one that crashes)."""
     precision = 16 if config.precision == "16" else 32
     return [wrappers.Collect(env, callbacks, precision) for env in envs]
+
+
+@contextlib.contextmanager
+def environments(config, *modes):
+    """The environments of each mode, started, and a gym_ task's action space resolved, before anything is
+    written (a problem exits 2); closed at the end."""
+    envs = []
+    try:
+        for mode in modes:
+            envs.append(make_envs(config, mode))
+        discrete_actions(config, envs[0][0].action_space)
+        yield envs
+    finally:
+        for env in itertools.chain(*envs):
+            env.close()
+
+
+def make_agent(config, env, logger=None, dataset=None, strategy=None, step=0):
+    """The agent for an environment's observation and action spaces."""
+    image_shape, act_dim = env.obs_space["image"].shape, env.action_space.shape[0]
+    return Dreamer(config, logger, dataset, image_shape, act_dim, step, strategy)
 
 
 def save_config(config):
@@ -787,19 +824,164 @@ def lock_logdir(logdir):
     return lock
 
 
-def longest_episode(datadir):
-    """Steps of the longest episode on disk (the reset one included): the dataset samples chunks of batch_length."""
-    return max((tools.episode_length(f) + 1 for f in pathlib.Path(datadir).glob("*.npz")), default=0)
+def train(config, strategy=None, start=lambda go: None):
+    """A training run: prefill, then evaluate and save when due, else collect (training when due), to --steps.
+
+    Under multi_worker the other workers only train with the chief, which calls `start(True)` once its prefill is
+    done. Stopped, interrupted or given up on a crashing environment, the run saves a checkpoint to resume from."""
+    if strategy is not None and not cluster.is_chief(strategy):
+        build = functools.partial(Dreamer, config, None, step=0, strategy=strategy)
+        return cluster.serve(config, strategy, build, saved_config)
+    datadir = config.logdir / "episodes"
+    with environments(config, "train", "test") as (train_envs, test_envs):
+        lock = lock_logdir(config.logdir)  # noqa: F841 (held until the process ends)
+        if not tf.train.get_checkpoint_state(config.logdir / "checkpoints"):  # Else once its checkpoint took the flags.
+            save_config(config)
+        with contextlib.closing(
+            tools.Logger(config.logdir, tools.count_steps(datadir, config.action_repeat))
+        ) as logger:
+            episode = functools.partial(process_episode, config, logger)
+            train_envs = record(config, train_envs, [functools.partial(episode, "train", datadir)])
+            test_envs = record(config, test_envs, [functools.partial(episode, "test", datadir)])
+            store = prefill(config, train_envs)
+            if store is None:
+                return
+            start(True)
+            dataset = functools.partial(tools.make_dataset, store, config)
+            dataset = dataset if config.deterministic else dataset()
+            step = tools.count_steps(datadir, config.action_repeat)
+            agent = make_agent(config, train_envs[0], logger, dataset, strategy, step)
+            agent.load(resume=True)
+            save_config(config)
+            failed = run(config, agent, train_envs, test_envs)
+    cluster.leave(agent)
+    if failed:
+        sys.exit(failed)
 
 
-def prefill(config, envs, datadir, start, steps):
-    """Random episodes for `steps` env steps from env step `start`, and on until one of at least batch_length
-    steps is complete. Returns whether a stop signal ended it early (where an episode ended)."""
+def run(config, agent, train_envs, test_envs):
+    """The loop, saving a checkpoint however it ends; the message of a run whose environment gave up, or None."""
+    try:
+        loop(config, agent, train_envs, test_envs)
+    except KeyboardInterrupt:
+        print("Interrupted: saving a checkpoint before exiting.", flush=True)
+        agent.save()
+    except wrappers.WorkerError as e:
+        agent.save()
+        return env_failed(e, "the training so far is in the checkpoint, and the rerun resumes from it")
+    except cluster.ERRORS as e:
+        agent.save()  # Local, no collectives: the weights so far, for the restarted cluster.
+        sys.exit(cluster.lost("the chief", e))
+    return None
+
+
+def loop(config, agent, train_envs, test_envs):
+    """From where the checkpoint and the episodes on disk are: train when due; evaluate when due, then save; collect
+    to the next evaluation, training whenever due. At --steps the episodes under way end, and the run evaluates."""
+    if agent.step >= config.steps and not agent.eval_every.due(agent.step):
+        print(f"Already {agent.step} of --steps {config.steps} env steps: raise --steps to train on.", flush=True)
+        return
+    sim, resumed = None, not agent.eval_every.due(agent.step)
+    while True:
+        train_when_due(agent)  # Before a test episode too: an evaluation at env step S sees every update due by S.
+        if agent.eval_every.due(agent.step):
+            print("Start evaluation.", flush=True)
+            test(config, agent, test_envs, episodes=1)
+            agent.eval_every.done(agent.step)
+            agent.save()
+        if agent.step >= config.steps:
+            return
+        steps = min(int(agent.eval_every.next.numpy()), config.steps) - agent.step
+        if resumed:
+            print(f"Resumed at env step {agent.step}: collecting {steps} steps before the next evaluation.", flush=True)
+            resumed = False
+        print("Start collection.", flush=True)
+        sim = collect(config, agent, train_envs, sim, steps=steps)
+        if sim.stopped:  # Where an episode ended: the checkpoint and the episodes on disk are the whole run.
+            agent.save()
+            print(f"Stopped at env step {agent.step}; run the command again to resume.", flush=True)
+            return
+        if agent.step >= config.steps:  # Only complete episodes are saved: at most one past --steps.
+            sim = collect(config, agent, train_envs, sim, episodes=int((~sim.done).sum()))
+            agent.eval_every.next.assign(agent.step)  # The last evaluation falls there.
+
+
+def train_when_due(agent):
+    if agent.train_every.due(agent.step):
+        with STOP.interruptible(False):  # TensorFlow: a second stop signal waits for the next train step.
+            agent.train_burst()
+
+
+def collect(config, agent, envs, sim, steps=0, episodes=0):
+    """Training episodes for `steps` env steps (until a stop signal) or `episodes` episodes, from `sim`, a train
+    burst whenever one is due. The agent's env step counts those of the episodes on disk and under way: not
+    those of an episode that crashed."""
+
+    def policy(obs, reset, state):
+        action, state = agent(obs, reset, state)
+        agent.step += len(reset) * config.action_repeat
+        return action, state
+
+    # Training episodes start from (seed, env, the agent's env step): the same after a resume at that step.
+    seed = lambda index, _: tools.keyed_seed(config.seed, 0, index, agent.step)
+    steps, stop = -(-steps // config.action_repeat), STOP if steps else None
+    sim = simulate(policy, envs, steps, episodes, sim, seed, stop, on_step=lambda: train_when_due(agent))
+    disk = tools.count_steps(config.logdir / "episodes", config.action_repeat)
+    agent.step = disk + config.action_repeat * int(sim.length.sum())
+    return sim
+
+
+def test(config, agent, envs, episodes):
+    """Test episodes with the actor's mode, their resets and noise keyed by the agent's env step."""
+    seed = lambda index, calls: tools.keyed_seed(config.seed, 1, agent.step, index, calls)
+    simulate(functools.partial(agent, training=False), envs, episodes=episodes, reset_seed=seed)
+
+
+def simulate(*args, **kwargs):
+    """tools.simulate in a run: a second stop signal interrupts its waits on the environments (the agent and the
+    episode callbacks, which run TensorFlow, defer it)."""
+    with STOP.interruptible():
+        return tools.simulate(*args, **kwargs)
+
+
+def prefill(config, envs):
+    """Random episodes to --prefill env steps (--steps bounds it too), and on until one of at least --batch_length
+    steps is complete; then the episode store. None where a stop signal ended it: its complete episodes are on
+    disk, and a rerun prefills on from there."""
+    datadir = config.logdir / "episodes"
+    step = tools.count_steps(datadir, config.action_repeat)
+    fill = max(0, min(config.prefill, config.steps) - step)
+    if fill or longest_episode(datadir) < config.batch_length:
+        try:
+            stopped = random_episodes(config, envs, step, fill)
+        except KeyboardInterrupt:  # A second stop signal: the episodes under way are lost.
+            stopped = True
+        except wrappers.WorkerError as e:
+            sys.exit(env_failed(e, "its complete episodes are on disk, and the rerun prefills on from there"))
+        if stopped or STOP():
+            step = tools.count_steps(datadir, config.action_repeat)
+            print(f"Stopped in the prefill at env step {step}; run the command again to resume.", flush=True)
+            return None
+    store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
+    store.update()
+    if store.longest < config.batch_length:  # The file names promised one: unreadable, or past --replay_size.
+        exit_2(
+            f"no episode read from {datadir} (the newest, up to --replay_size) has --batch_length "
+            f"{config.batch_length} steps; move unreadable ones (named above) out of it and run again to "
+            "prefill anew, or raise --replay_size"
+        )
+    return store
+
+
+def random_episodes(config, envs, start, steps):
+    """Uniform actions for `steps` env steps from env step `start`, and on until an episode of at least
+    --batch_length steps is complete. Returns whether a stop signal ended it early (where an episode ended)."""
     print(f"Prefill dataset with {steps} steps.", flush=True)
+    datadir = config.logdir / "episodes"
     agent = RandomAgent(envs[0].action_space, config.seed, start, config.action_repeat)
-    run = functools.partial(simulate, agent, envs, reset_seed=reset_seed(config, agent), stop=STOP)
-    state = run(steps=steps // config.action_repeat)
-    if state[0] < 0:
+    seed = lambda index, _: tools.keyed_seed(config.seed, 0, index, agent.step)
+    sim = simulate(agent, envs, steps // config.action_repeat, reset_seed=seed, stop=STOP)
+    if sim.stopped:
         return True
     if longest_episode(datadir) < config.batch_length:
         print(
@@ -809,57 +991,49 @@ def prefill(config, envs, datadir, start, steps):
     for _ in range(100):
         if longest_episode(datadir) >= config.batch_length:
             return False
-        state = run(episodes=state[1] + 1, state=state)
-        if state[1] < 0:
+        sim = simulate(agent, envs, episodes=1, state=sim, reset_seed=seed, stop=STOP)
+        if sim.stopped:
             return True
     exit_2(f"100 prefill episodes and none has --batch_length {config.batch_length} steps; lower --batch_length")
 
 
-def simulate(*args, **kwargs):
-    """tools.simulate in a training run: a second stop signal interrupts its waits on the environments (the agent
-    and the episode callbacks, which run TensorFlow, defer it)."""
-    with STOP.interruptible():
-        return tools.simulate(*args, **kwargs)
-
-
-def finish_episodes(config, agent, envs, state):
-    """Step on until the episodes under way end: only complete episodes are saved."""
-    unfinished = int((~state[2]).sum())
-    if not unfinished:
-        return state
-    return simulate(agent, envs, episodes=state[1] + unfinished, state=state, reset_seed=reset_seed(config, agent))
-
-
-def collected_steps(config, state):
-    """Env steps of the episodes on disk and of those under way (`simulate`'s state): the agent's step, but for
-    the steps of episodes that crashed."""
-    return tools.count_steps(config.logdir / "episodes", config.action_repeat) + config.action_repeat * int(
-        state[3].sum()
+def evaluate(config):
+    """Test episodes of the latest checkpoint; writes only eval.jsonl and eval/, never the training state."""
+    episodes = []
+    with environments(config, "test") as (envs,):
+        envs = record(config, envs, [episodes.append])
+        agent = make_agent(config, envs[0])
+        step = agent.step = agent.load() or 0
+        try:
+            test(config, agent, envs, config.eval_episodes)
+        except wrappers.WorkerError as e:
+            sys.exit(env_failed(e, "nothing was written"))
+    episodes = episodes[: config.eval_episodes]
+    outdir = config.logdir / "eval"
+    outdir.mkdir(exist_ok=True)
+    returns = []
+    with (config.logdir / "eval.jsonl").open("a") as f:
+        for index, episode in enumerate(episodes):
+            ret, length = summarize(config, episode)
+            returns.append(ret)
+            f.write(json.dumps({"step": step, "episode": index, "return": ret, "length": length}) + "\n")
+            tools.write_video(outdir / f"{step}-{index}.mp4", episode["image"])
+    tools.write_strip(outdir / f"{step}-openl.png", agent.openl(episodes))
+    print(
+        f"Evaluated checkpoint of step {step} over {len(returns)} episodes: return {np.mean(returns):.1f} "
+        f"± {np.std(returns):.1f} (mean ± std). Videos and open-loop predictions in {outdir}.",
+        flush=True,
     )
+
+
+def longest_episode(datadir):
+    """Steps of the longest episode on disk (the reset one included): the dataset samples chunks of batch_length."""
+    return max((tools.episode_length(f) + 1 for f in pathlib.Path(datadir).glob("*.npz")), default=0)
 
 
 def env_failed(error, kept):
     """The message of a run whose environment kept crashing (wrappers.Collect restarts one that crashes once)."""
     return f"error: {error}. Fix the environment and run the command again: {kept}."
-
-
-def tested_steps(logdir):
-    """The env steps of the test episodes in metrics.jsonl."""
-    path, steps = logdir / "metrics.jsonl", set()
-    for line in path.read_text().splitlines() if path.exists() else []:
-        with contextlib.suppress(json.JSONDecodeError):
-            row = json.loads(line)
-            if isinstance(row, dict) and "test/return" in row:
-                steps.add(row.get("step"))
-    return steps
-
-
-def evaluation_due(config, step):
-    """Env steps to collect from `step` to the next evaluation. They fall every --eval_every env steps from where
-    the prefill ended (past --prefill, for the episode then under way): the first test episode at or past --prefill
-    (one before it comes from a --steps below it), else `step` (it ended and nothing was tested yet)."""
-    tests = [s for s in tested_steps(config.logdir) if isinstance(s, int) and s >= config.prefill]
-    return -(step - min(tests, default=step)) % config.eval_every
 
 
 def discrete_actions(config, action_space):
@@ -893,11 +1067,6 @@ class RandomAgent:
             return np.eye(act_dim, dtype=np.float32)[random.randint(act_dim, size=len(done))], None
         low, high = self._space.low, self._space.high
         return random.uniform(low, high, (len(done), act_dim)).astype(np.float32), None
-
-
-def reset_seed(config, agent):
-    """Training episodes start from (seed, env, the agent's env step): the same after a resume at that step."""
-    return lambda index, _: tools.keyed_seed(config.seed, 0, index, agent.step)
 
 
 def make_strategy(config):
@@ -947,103 +1116,6 @@ def setup(config):
     return strategy
 
 
-def train(config, strategy=None, start=lambda go: None):
-    """A training run: under multi_worker another worker's, else the chief's, which calls `start(True)` once its
-    prefill is done (the other workers wait for it)."""
-    if strategy is not None and not cluster.is_chief(strategy):
-        return cluster.serve(config, strategy, functools.partial(Dreamer, config, None, step=0, strategy=strategy))
-    logdir, datadir = config.logdir, config.logdir / "episodes"
-    train_envs, test_envs = make_envs(config, "train"), make_envs(config, "test")
-    discrete_actions(config, train_envs[0].action_space)
-    lock = lock_logdir(logdir)  # noqa: F841 (held until the process ends)
-    step = tools.count_steps(datadir, config.action_repeat)
-    if not tf.train.get_checkpoint_state(logdir / "checkpoints"):  # Else once its checkpoint has taken the flags.
-        save_config(config)
-    logger = tools.Logger(logdir, step)
-    episode = functools.partial(process_episode, config, logger)
-    train_envs = collect(config, train_envs, [functools.partial(episode, "train", datadir)])
-    test_envs = collect(config, test_envs, [functools.partial(episode, "test", datadir)])
-    try:
-        action_space = train_envs[0].action_space
-        image_shape = train_envs[0].obs_space["image"].shape
-        fill = max(0, min(config.prefill, config.steps) - step)  # --steps bounds the prefill too.
-        prefilled = bool(fill) or longest_episode(datadir) < config.batch_length
-        if prefilled:
-            try:
-                stopped = prefill(config, train_envs, datadir, step, fill)
-            except KeyboardInterrupt:  # A second stop signal: the episodes under way are lost.
-                stopped = True
-            except wrappers.WorkerError as e:
-                sys.exit(env_failed(e, "its complete episodes are on disk, and the rerun prefills on from there"))
-            step = tools.count_steps(datadir, config.action_repeat)
-            if stopped or STOP():  # Its complete episodes are on disk: a rerun prefills on from there.
-                print(f"Stopped in the prefill at env step {step}; run the command again to resume.", flush=True)
-                return
-        store = tools.EpisodeStore(datadir, config.replay_size // config.action_repeat, config.seed)
-        store.update()
-        if store.longest < config.batch_length:  # The file names promised one: unreadable, or past --replay_size.
-            exit_2(
-                f"no episode read from {datadir} (the newest, up to --replay_size) has --batch_length "
-                f"{config.batch_length} steps; move unreadable ones (named above) out of it and run again to "
-                "prefill anew, or raise --replay_size"
-            )
-        start(True)
-        dataset = functools.partial(tools.make_dataset, store, config)
-        dataset = dataset if config.deterministic else dataset()
-        agent = Dreamer(config, logger, dataset, image_shape, action_space.shape[0], step, strategy)
-        agent.load(resume=True)
-        save_config(config)
-        state, failed = None, None
-
-        def evaluate_and_save():
-            print("Start evaluation.", flush=True)
-            seed = lambda index, calls: tools.keyed_seed(config.seed, 1, agent.step, index, calls)
-            simulate(functools.partial(agent, training=False), test_envs, episodes=1, reset_seed=seed)
-            agent.save()
-
-        try:
-            # Evaluations fall every `eval_every` env steps from the end of the prefill, and at --steps. A resumed
-            # run first makes up one it was stopped in, and collects up to where the next one is due.
-            behind = 0 if prefilled else evaluation_due(config, step)
-            if step >= config.steps:
-                print(f"Already {step} of --steps {config.steps} env steps: raise --steps to train on.", flush=True)
-            elif behind and not prefilled:
-                print(f"Resumed between evaluations: collecting {behind} steps before the next one.", flush=True)
-            if (prefilled or not behind or step >= config.steps) and step not in tested_steps(logdir):
-                evaluate_and_save()
-            while agent.step < config.steps:
-                print("Start collection.", flush=True)
-                collect_steps, behind = min(behind or config.eval_every, config.steps - agent.step), 0
-                steps = -(-collect_steps // config.action_repeat)
-                state = simulate(agent, train_envs, steps, state=state, reset_seed=reset_seed(config, agent), stop=STOP)
-                agent.step = collected_steps(config, state)  # Less the steps of crashed episodes, if any.
-                if state[0] < 0:  # Stopped where an episode ended: the checkpoint and the episodes are the run.
-                    agent.save()
-                    print(f"Stopped at env step {agent.step}; run the command again to resume.", flush=True)
-                    break
-                if agent.step >= config.steps:  # The last chunk: at most one episode past --steps.
-                    state = finish_episodes(config, agent, train_envs, state)
-                    agent.step = collected_steps(config, state)
-                    state = (max(0, state[0]), *state[1:])  # Steps a crash dropped here are made up by the next chunk.
-                evaluate_and_save()
-        except KeyboardInterrupt:
-            print("Interrupted: saving a checkpoint before exiting.", flush=True)
-            agent.save()
-        except wrappers.WorkerError as e:
-            agent.save()
-            failed = env_failed(e, "the training so far is in the checkpoint, and the rerun resumes from it")
-        except cluster.ERRORS as e:
-            agent.save()  # Local, no collectives: the weights so far, for the restarted cluster.
-            sys.exit(cluster.lost("the chief", e))
-    finally:
-        for env in train_envs + test_envs:
-            env.close()
-        logger.close()
-    cluster.leave(agent)
-    if failed:
-        sys.exit(failed)
-
-
 class Stop:
     """Ctrl-C and SIGTERM. The first asks the run to stop where its checkpoint holds all of it: after the train
     steps and the episodes under way, so that the resumed run is the one that was not stopped. A second stops
@@ -1063,7 +1135,7 @@ class Stop:
         self.signals += 1
         if self.signals == 1:  # Unbuffered: a print() here could land inside another one.
             message = "Stopping after the train steps and episodes under way (again to stop at once).\n"
-            os.write(sys.stdout.fileno(), message.encode())
+            os.write(sys.__stdout__.fileno(), message.encode())
         elif self.signals == 2 and self._interruptible:
             raise KeyboardInterrupt
         elif self.signals > 2:
@@ -1094,42 +1166,6 @@ class Stop:
 
 
 STOP = Stop()
-
-
-def evaluate(config):
-    """Test episodes of the latest checkpoint; writes only eval.jsonl and eval/, never the training state."""
-    episodes = []
-    envs = make_envs(config, "test")
-    discrete_actions(config, envs[0].action_space)
-    envs = collect(config, envs, [episodes.append])
-    try:
-        action_space = envs[0].action_space
-        image_shape = envs[0].obs_space["image"].shape
-        agent = Dreamer(config, None, None, image_shape, action_space.shape[0], 0)
-        step = agent.load()
-        seed = lambda index, calls: tools.keyed_seed(config.seed, 1, step or 0, index, calls)
-        tools.simulate(functools.partial(agent, training=False), envs, episodes=config.eval_episodes, reset_seed=seed)
-    except wrappers.WorkerError as e:
-        sys.exit(env_failed(e, "nothing was written"))
-    finally:
-        for env in envs:
-            env.close()
-    episodes = episodes[: config.eval_episodes]
-    outdir = config.logdir / "eval"
-    outdir.mkdir(exist_ok=True)
-    returns = []
-    with (config.logdir / "eval.jsonl").open("a") as f:
-        for index, episode in enumerate(episodes):
-            ret, length = summarize(config, episode)
-            returns.append(ret)
-            f.write(json.dumps({"step": step, "episode": index, "return": ret, "length": length}) + "\n")
-            tools.write_video(outdir / f"{step}-{index}.mp4", episode["image"])
-    tools.write_strip(outdir / f"{step}-openl.png", agent.openl(episodes))
-    print(
-        f"Evaluated checkpoint of step {step} over {len(returns)} episodes: return {np.mean(returns):.1f} "
-        f"± {np.std(returns):.1f} (mean ± std). Videos and open-loop predictions in {outdir}.",
-        flush=True,
-    )
 
 
 def main(config):

@@ -1,19 +1,25 @@
-"""Plot learning curves of runs, reference curves and baseline scores.
+"""Plot learning curves of runs beside the Dreamer paper's curves and baselines; tabulate and aggregate them.
 
 Runs are read from <indir>/<task>/<method>/<seed>/metrics.jsonl, one JSON object per line. Each run is binned along
 x (bins [k * bins, (k + 1) * bins) on a grid anchored at 0, placed at the bin centers, y averaged within a bin), then
-the seeds of a (task, method) are reduced at each bin into a line (--agg) and a shaded band (--band). Usage:
+the seeds of a (task, method) are reduced at each bin into a line (--agg) and a shaded band (--band). By default the
+paper's published test-return curves (scores/dreamer.json, 20 DMC tasks x 5 seeds) and baseline scores
+(scores/baselines.json) of the tasks of the runs are drawn beside them, the curves as "<method> (reference)"; give
+--curves or --baselines_file with no value to leave them out, or other files to use those. Usage:
 
-  python plotting.py --indir ./logdir --outdir ./plots --xaxis step --yaxis test/return --bins 3e4
-  python plotting.py --indir ./logdir --outdir ./plots --tasks dmc_cartpole_balance \
-      --curves ../shared/reference/dreamer_paper_curves.json \
-      --baselines_file ../shared/reference/paper_baselines.json
+  python plotting.py --indir ./logdir --outdir ./plots
+  python plotting.py --indir ./logdir --outdir ./plots --tasks dmc_cartpole_balance --bins 3e4 --baselines 'd4pg.*'
+  python plotting.py --indir ./logdir --outdir ./plots --curves --baselines_file  # The runs alone.
+  python plotting.py --outdir ./plots  # The paper alone: its 20 tasks.
 
 With --table it writes <outdir>/<name>.md instead and prints it: a Markdown table with one row per task and, at each
-of --table_steps, the mean ± std over seeds of every --indir method and every --curves method ("(reference)"):
+of --table_steps, the mean ± std over seeds of every --indir method and every --curves method ("(reference)"). Beside
+it, <name>_aggregates.md holds the interquartile mean (IQM), median and mean over tasks and seeds of the scores
+normalised by --max_score, each with a stratified-bootstrap 95% confidence interval (rliable, Agarwal et al. 2021),
+and <name>_profiles.png the performance profiles (fraction of runs with a normalised score above each threshold).
+Each method is aggregated over the tasks it has (n says how many tasks × seeds); --tasks compares over the same ones:
 
-  python plotting.py --indir ./logdir --outdir ./plots --table --table_steps 1e5 5e5 1e6 \
-      --curves ../shared/reference/dreamer_paper_curves.json
+  python plotting.py --indir ./logdir --outdir ./plots --table --table_steps 1e5 5e5 1e6
 """
 
 import argparse
@@ -31,6 +37,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import ticker
+from rliable import metrics
+
+SCORES = pathlib.Path(__file__).resolve().parent / "scores"  # The paper's published scores, in the repository.
 
 PREFIXES = ("dmc_", "atari_", "gym_")
 MISSING = "–"  # A table cell without data.
@@ -270,28 +279,150 @@ def table_cell(values):
     return f"{np.mean(values):.1f} ± {np.std(values):.1f} ({len(values)})"
 
 
+def methods(runs, curves, labels=()):
+    """{column: runs} of the methods of runs and, as "<method> (reference)", of curves, renamed by labels first; the
+    methods of runs come first, each group sorted by name."""
+    groups = collections.defaultdict(list)
+    for origin, items in (("", runs), (" (reference)", curves)):
+        for run in items:
+            groups[rename(run["method"], labels) + origin].append(run)
+    return dict(sorted(groups.items(), key=lambda item: (item[0].endswith(" (reference)"), item[0])))
+
+
 def table(runs, curves, steps, labels=()):
     """Markdown table of runs beside reference curves at the given x steps.
 
     One row per task (the tasks of runs, or of curves when there are no runs); for each step one column per method
-    of runs and one per method of curves (headed "<method> (reference)"), methods renamed by labels first. Each cell
-    is table_cell() of value_at() over the seeds that have a value at that step."""
-    groups = collections.defaultdict(list)
-    for origin, items in (("", runs), (" (reference)", curves)):
-        for run in items:
-            groups[run["task"], rename(run["method"], labels) + origin].append(run)
-    columns = sorted({column for _, column in groups}, key=lambda column: (column.endswith(" (reference)"), column))
+    of methods(). Each cell is table_cell() of value_at() over the seeds that have a value at that step."""
+    groups = methods(runs, curves, labels)
     tasks = sorted({run["task"] for run in (runs or curves)})
-    header = ["task"] + [f"{column} @ {format_number(step)}" for step in steps for column in columns]
+    header = ["task"] + [f"{column} @ {format_number(step)}" for step in steps for column in groups]
     rows = [header, ["---"] * len(header)]
     for task in tasks:
         row = [task]
         for step in steps:
-            for column in columns:
-                values = [value_at(run["xs"], run["ys"], step) for run in groups.get((task, column), [])]
+            for items in groups.values():
+                values = [value_at(run["xs"], run["ys"], step) for run in items if run["task"] == task]
                 row.append(table_cell([value for value in values if value is not None]))
         rows.append(row)
+    return markdown(rows)
+
+
+def markdown(rows):
     return "".join("| " + " | ".join(row) + " |\n" for row in rows)
+
+
+def score_matrix(runs, step, max_score=1000.0):
+    """rliable's (seeds x tasks) matrix of value_at(step) / max_score of one method's runs, and how many values it
+    left out; (None, 0) without any value.
+
+    Tasks without a value at step are left out. Every task keeps as many seeds as the task with the fewest (its first
+    ones by seed name), so that each task weighs the same in the aggregates."""
+    values = collections.defaultdict(list)
+    for run in sorted(runs, key=lambda run: run["seed"]):
+        if (value := value_at(run["xs"], run["ys"], step)) is not None:
+            values[run["task"]].append(value / max_score)
+    if not values:
+        return None, 0
+    seeds = min(map(len, values.values()))
+    scores = np.array([column[:seeds] for _, column in sorted(values.items())]).T
+    return scores, sum(map(len, values.values())) - scores.size
+
+
+def bootstrap(scores, func, reps=2000, seed=0, size=0.95):
+    """func(scores) and its percentile confidence interval (rows lower, upper) over a stratified bootstrap: each
+    resample redraws every task's seeds with replacement from that task's seeds, so the tasks stay fixed.
+
+    These are the draws and the interval of rliable.library.get_interval_estimates (after np.random.seed(seed)); that
+    module itself does not import beside pandas 3, as the arch < 8 it needs does not."""
+    rng = np.random.RandomState(seed)  # Its stream is frozen across NumPy versions: the same numbers every time.
+    tasks = np.arange(scores.shape[1])
+    stats = [func(scores[rng.choice(len(scores), scores.shape), tasks]) for _ in range(reps)]
+    return func(scores), np.percentile(stats, [50 * (1 - size), 50 * (1 + size)], axis=0)
+
+
+AGGREGATES = ("IQM", "median", "mean")
+TAUS = np.linspace(0, 1, 101)  # Thresholds of the performance profiles, in normalised score.
+
+
+def summary(scores):
+    """The AGGREGATES as rliable defines them: the IQM of all runs (the mean of their middle 50%), robust to outlier
+    runs and tasks yet less noisy than the median; the median and the mean of the per-task means."""
+    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_median(scores), metrics.aggregate_mean(scores)])
+
+
+def profile(scores, taus=TAUS):
+    """Performance profile: the fraction of runs (every seed of every task) with a score above each tau, as
+    rliable's score distributions; the whole distribution of scores, not one number."""
+    return np.mean(scores[..., None] > taus, axis=(0, 1))
+
+
+def estimates(runs, curves, steps, labels=(), max_score=1000.0, reps=2000, seed=0):
+    """{(column, step): (scores, bootstrap of summary(), bootstrap of profile())} for each method of methods() and
+    each step, None where the method has no value at the step. Each method goes over the tasks it has."""
+    results = {}
+    for column, items in methods(runs, curves, labels).items():
+        for step in steps:
+            scores, dropped = score_matrix(items, step, max_score)
+            results[column, step] = None
+            if scores is None:
+                continue
+            if dropped:
+                warn(column, f"left out {dropped} seed values at {format_number(step)}: each task keeps {len(scores)}")
+            results[column, step] = (
+                scores,
+                bootstrap(scores, summary, reps, seed),
+                bootstrap(scores, profile, reps, seed),
+            )
+    return results
+
+
+def interval(point, lower, upper):
+    return f"{point:.3f} [{lower:.3f}, {upper:.3f}]"
+
+
+def aggregates_table(results, steps, max_score=1000.0, reps=2000):
+    """Markdown: one row per step and method, with n (tasks × seeds) and each of AGGREGATES as point [95% CI]."""
+    text = (
+        f"Scores / {max_score:g} at each step, over tasks and seeds: point estimate "
+        f"[95% stratified-bootstrap confidence interval, {reps} resamples]. IQM: interquartile mean of all runs; "
+        "median and mean: of the per-task means (rliable, Agarwal et al. 2021). n: tasks × seeds.\n\n"
+    )
+    rows = [["method", "step", "n", *AGGREGATES], ["---"] * (3 + len(AGGREGATES))]
+    for step in steps:
+        for (column, at), result in results.items():
+            if at == step and result:
+                (seeds, tasks), (point, (lower, upper)) = result[0].shape, result[1]
+                rows.append([column, format_number(step), f"{tasks} × {seeds}", *map(interval, point, lower, upper)])
+            elif at == step:
+                rows.append([column, format_number(step), "0", *[MISSING] * len(AGGREGATES)])
+    return text + markdown(rows)
+
+
+def plot_profiles(results, steps, size=(4, 3)):
+    """One subplot per step with each method's performance profile and its 95% CI band, drawn by rliable."""
+    from rliable import plot_utils  # It imports seaborn: only when drawing profiles.
+
+    names = list(dict.fromkeys(column for column, _ in results))
+    colors = palette(names)
+    width = size[0] * len(steps)
+    fig, grid = plt.subplots(1, len(steps), figsize=(width, size[1] + 0.6), squeeze=False, layout="constrained")
+    for index, (ax, step) in enumerate(zip(grid.flat, steps)):
+        chosen = {column: result[2] for (column, at), result in results.items() if at == step and result}
+        plot_utils.plot_performance_profiles(
+            {column: point for column, (point, _) in chosen.items()},
+            TAUS,
+            {column: ci for column, (_, ci) in chosen.items()},
+            ax=ax,
+            colors=colors,
+            xlabel=r"normalised score $\tau$",
+            ylabel=r"fraction of runs with score $> \tau$" if index == 0 else "",
+            labelsize="medium",
+            ticklabelsize="medium",
+        )
+        ax.set_title(f"{format_number(step)} steps")
+    figure_legend(fig, grid.flat, names, width)
+    return fig
 
 
 def format_task(task):
@@ -377,19 +508,25 @@ def plot(
         if ylim:
             ax.set_ylim(*ylim)
     fig.supylabel(ylabel)
+    figure_legend(fig, axes, names, width)
+    return fig, axes
+
+
+def figure_legend(fig, axes, names, width):
+    """One legend below the figure with an entry for each of names that some axis drew, in that order."""
     handles = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     labels = [name for name in names if name in handles]
-    fig.legend(
-        [handles[label] for label in labels],
-        labels,
-        loc="outside lower center",
-        ncol=ncol,
-        frameon=False,
-    )
-    return fig, axes
+    if labels:
+        fig.legend(
+            [handles[label] for label in labels],
+            labels,
+            loc="outside lower center",
+            ncol=legend_columns(names, width),
+            frameon=False,
+        )
 
 
 def parse_args(argv=None):
@@ -401,7 +538,11 @@ def parse_args(argv=None):
         help="folders of <task>/<method>/<seed>/metrics.jsonl",
     )
     parser.add_argument("--outdir", default="plots")
-    parser.add_argument("--name", default="curves", help="stem of <outdir>/<name>.png and .pdf (.md with --table)")
+    parser.add_argument(
+        "--name",
+        default="curves",
+        help="stem of <outdir>/<name>.png and .pdf (.md, _aggregates.md, _profiles.png with --table)",
+    )
     parser.add_argument("--xaxis", default="step")
     parser.add_argument("--yaxis", default="test/return")
     parser.add_argument(
@@ -415,14 +556,16 @@ def parse_args(argv=None):
     parser.add_argument(
         "--curves",
         nargs="*",
-        default=[],
-        help="JSON files [{task, method, seed, xs, ys}, ...]",
+        default=[str(SCORES / "dreamer.json")],
+        help="JSON files [{task, method, seed, xs, ys}, ...]; by default the paper's curves (scores/dreamer.json, "
+        "beside this script), drawn for the tasks of the --indir runs; give the flag with no value for none",
     )
     parser.add_argument(
         "--baselines_file",
         nargs="*",
-        default=[],
-        help="JSON files {task: {method: score}}",
+        default=[str(SCORES / "baselines.json")],
+        help="JSON files {task: {method: score}}; by default the paper's baselines (scores/baselines.json); give the "
+        "flag with no value for none",
     )
     parser.add_argument(
         "--baselines",
@@ -473,16 +616,33 @@ def parse_args(argv=None):
         "± std (population) over seeds and, in parentheses, the number of seeds. A seed's value at a step is "
         "linearly interpolated between its evaluations around the step (exact at an evaluation); past its last "
         "evaluation it is that evaluation's value if the step lies within one evaluation interval (the seed's median "
-        "spacing) of it, else the seed has no value there. A cell without any value shows '–'. --bins, --baselines "
-        "and the plot options are not used",
+        "spacing) of it, else the seed has no value there. A cell without any value shows '–'. Also writes "
+        "<name>_aggregates.md: for each method and step the IQM, median and mean over tasks and seeds of y / "
+        "--max_score with stratified-bootstrap 95%% confidence intervals (rliable), each method over the tasks it has "
+        "(n: tasks × seeds; where tasks have different numbers of seeds with a value, each keeps as many as the "
+        "fewest, with a warning), and <name>_profiles.png: their performance profiles. --bins, --baselines, "
+        "--baselines_file and the plot options but --size and --dpi (of the profiles) are not used",
     )
     parser.add_argument(
         "--table_steps",
         nargs="+",
         type=float,
         default=[1e5, 5e5, 1e6],
-        help="--xaxis values of the --table columns",
+        help="--xaxis values of the --table columns and of the aggregates",
     )
+    parser.add_argument(
+        "--max_score",
+        type=float,
+        default=1000.0,
+        help="--table aggregates and profiles use y / max_score (the most a DMC episode returns: 1000)",
+    )
+    parser.add_argument(
+        "--bootstrap_reps",
+        type=int,
+        default=2000,
+        help="resamples of the stratified bootstrap of the aggregates' confidence intervals",
+    )
+    parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of that bootstrap, so the numbers repeat")
     args = parser.parse_args(argv)
     if len(args.labels) % 2:
         parser.error("--labels takes pairs of regex and label")
@@ -526,7 +686,31 @@ def write_table(args, runs, curves):
     (outdir / f"{args.name}.md").write_text(text)
     print(text, end="")
     print(f"{len(runs)} runs, {len(curves)} reference curves -> {outdir / args.name}.md", file=sys.stderr)
+    write_aggregates(args, runs, curves, outdir)
     return 0
+
+
+def write_aggregates(args, runs, curves, outdir):
+    """<name>_aggregates.md, printed too, and <name>_profiles.png: what a paper can report over a benchmark."""
+    results = estimates(
+        runs, curves, args.table_steps, args.labels, args.max_score, args.bootstrap_reps, args.bootstrap_seed
+    )
+    text = aggregates_table(results, args.table_steps, args.max_score, args.bootstrap_reps)
+    (outdir / f"{args.name}_aggregates.md").write_text(text)
+    print("\n" + text, end="")
+    fig = plot_profiles(results, args.table_steps, args.size)
+    fig.savefig(outdir / f"{args.name}_profiles.png", dpi=args.dpi)
+    plt.close(fig)
+    print(f"aggregates -> {outdir / args.name}_aggregates.md and {outdir / args.name}_profiles.png", file=sys.stderr)
+
+
+def beside(runs, curves, labels=(), tasks=None):
+    """The runs and then the curves of tasks (all without tasks), methods renamed by labels and those of curves
+    suffixed " (reference)" as in the table, so that a run named like the paper's method ("dreamer") stays apart.
+    Renaming before grouping lets several methods that map to one label pool their seeds."""
+    curves = [curve for curve in curves if tasks is None or curve["task"] in tasks]
+    runs = [dict(run, method=rename(run["method"], labels)) for run in runs]
+    return runs + [dict(curve, method=rename(curve["method"], labels) + " (reference)") for curve in curves]
 
 
 def main(argv=None):
@@ -535,14 +719,13 @@ def main(argv=None):
     curves = load_curves(args.curves, args.tasks, args.methods)
     if args.table:
         return write_table(args, runs, curves)
-    runs += curves
-    # Renaming before grouping lets several methods that map to one label pool their seeds.
-    runs = [dict(run, method=rename(run["method"], args.labels)) for run in runs]
+    # With --indir, the reference curves of the runs' tasks only: a run is drawn beside the paper, not among 20 tasks.
+    runs = beside(runs, curves, args.labels, {run["task"] for run in runs} if args.indir else None)
     warn_duplicates(runs)
     if not runs:
         print(
             f"error: nothing to plot: no usable {args.yaxis!r} data for tasks {args.tasks} and methods "
-            f"{args.methods} in --indir {args.indir} or --curves {args.curves}",
+            f"{args.methods} in --indir {args.indir} (or, without --indir, in --curves {args.curves})",
             file=sys.stderr,
         )
         return 1

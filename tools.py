@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import itertools
 import json
@@ -229,56 +230,58 @@ class Every:
         self.next.assign((step // self.every + 1) * self.every)
 
 
-def random_batch(batch, length, act_dim, seed=0, image=(64, 64, 3)):
-    """Random data in the episode store's batch format, for tests and benchmarks."""
-    rng = np.random.default_rng(seed)
-    return dict(
-        image=rng.integers(0, 256, (batch, length, *image), dtype=np.uint8),
-        action=rng.uniform(-1, 1, (batch, length, act_dim)).astype(np.float32),
-        reward=rng.normal(size=(batch, length)).astype(np.float32),
-        discount=np.ones((batch, length), np.float32),
-    )
-
-
 # Simulation.
 
 
-def simulate(agent, envs, steps=0, episodes=0, state=None, reset_seed=None, stop=None):
-    """Step `envs` with `agent` until `steps` agent steps or `episodes` episodes; resumable via `state`.
+@dataclasses.dataclass
+class Simulation:
+    """Where `simulate` left the environments, for the next call: which await a reset, the agent steps of their
+    episodes under way, their last observations and the agent's state; and what the call did."""
 
-    `reset_seed(i, step)` seeds env i's reset at agent step `step` of this call. Once `stop()` is true, the call
-    returns where an episode ends (with none under way when all end together, as fixed-length ones do). An episode
-    that crashed (`info["crashed"]`, see wrappers.Collect) counts neither as an episode nor in the steps."""
-    if state is None:
-        step, episode = 0, 0
-        done = np.ones(len(envs), bool)
-        length = np.zeros(len(envs), np.int32)
-        obs = [None] * len(envs)
-        agent_state = None
-    else:
-        step, episode, done, length, obs, agent_state = state
-    while (steps and step < steps) or (episodes and episode < episodes):
-        if stop and done.any() and stop():
+    done: np.ndarray
+    length: np.ndarray
+    obs: list
+    agent: object = None
+    steps: int = 0  # Agent steps the call took, but for those of episodes that crashed.
+    episodes: int = 0  # Episodes the call finished.
+    stopped: bool = False  # Whether `stop()` ended it before its steps or episodes.
+
+    @classmethod
+    def start(cls, envs):
+        return cls(np.ones(len(envs), bool), np.zeros(len(envs), np.int32), [None] * len(envs))
+
+
+def simulate(agent, envs, steps=0, episodes=0, state=None, reset_seed=None, stop=None, on_step=None):
+    """Step `envs` with `agent` for `steps` agent steps or `episodes` episodes, from `state` (a Simulation).
+
+    `reset_seed(i, step)` seeds env i's reset at agent step `step` of this call; `on_step()` runs after every step
+    of all envs. Once `stop()` is true, the call returns where an episode ends (with none under way when all end
+    together, as fixed-length ones do). An episode that crashed (`info["crashed"]`, see wrappers.Collect) counts
+    neither as an episode nor in the steps."""
+    state = dataclasses.replace(state or Simulation.start(envs), steps=0, episodes=0, stopped=False)
+    while (steps and state.steps < steps) or (episodes and state.episodes < episodes):
+        if stop and state.done.any() and stop():
+            state.stopped = True
             break
-        if done.any():
-            indices = [index for index, d in enumerate(done) if d]
-            seeds = [{} if reset_seed is None else {"seed": reset_seed(i, step)} for i in indices]
+        if state.done.any():
+            indices = np.flatnonzero(state.done)
+            seeds = [{} if reset_seed is None else {"seed": reset_seed(i, state.steps)} for i in indices]
             promises = [envs[i].reset(blocking=False, **kw) for i, kw in zip(indices, seeds)]
             for index, promise in zip(indices, promises):
-                obs[index] = promise()
-        batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
-        action, agent_state = agent(batch, done, agent_state)
-        action = np.asarray(action)
-        promises = [e.step(a, blocking=False) for e, a in zip(envs, action)]
+                state.obs[index] = promise()
+        batch = {k: np.stack([o[k] for o in state.obs]) for k in state.obs[0]}
+        action, state.agent = agent(batch, state.done, state.agent)
+        promises = [e.step(a, blocking=False) for e, a in zip(envs, np.asarray(action))]
         obs, _, done, info = zip(*[p() for p in promises])
-        obs = list(obs)
-        done = np.stack(done)
+        state.obs, state.done = list(obs), np.stack(done)
         crashed = np.array([bool(i.get("crashed")) for i in info])
-        episode += int(sum(d and not c for d, c in zip(done, crashed)))
-        length += 1
-        step += len(envs) - int(length[crashed].sum())  # A crashed episode's steps are dropped: it starts again.
-        length *= 1 - done
-    return (step - steps, episode - episodes, done, length, obs, agent_state)
+        state.episodes += int((state.done & ~crashed).sum())
+        state.length += 1
+        state.steps += len(envs) - int(state.length[crashed].sum())  # A crashed episode's steps are dropped.
+        state.length *= 1 - state.done
+        if on_step:
+            on_step()
+    return state
 
 
 # Distributions.

@@ -69,9 +69,7 @@ def make_env(
     task,
     action_repeat=2,
     time_limit=1000,
-    size=(64, 64),
     seed=None,
-    grayscale=False,
     life_done=False,
     render_every=False,
     env_modules=(),
@@ -80,14 +78,14 @@ def make_env(
     suite, _, name = task.partition("_")
     if suite == "dmc" and name:
         dmc_task(name)  # Raises ValueError before the TensorFlow guard does.
-        env = DeepMindControl(name, size, seed=seed)
+        env = DeepMindControl(name, seed=seed)
         env = ActionRepeat(env, action_repeat, render_every)
         env = NormalizeActions(env)
     elif suite == "atari" and name:
-        env = Atari(name, action_repeat, size, grayscale, life_done=life_done, seed=seed)
+        env = Atari(name, action_repeat, life_done=life_done, seed=seed)
         env = OneHotAction(env)
     elif suite == "gym" and name:
-        env = Gym(name, size, seed=seed, env_modules=env_modules, env_kwargs=env_kwargs)
+        env = Gym(name, seed=seed, env_modules=env_modules, env_kwargs=env_kwargs)
         env = ActionRepeat(env, action_repeat, render_every)
         env = OneHotAction(env) if isinstance(env.action_space, spaces.Discrete) else NormalizeActions(env)
     else:
@@ -588,20 +586,6 @@ class TimeLimit(Wrapper):
         return self._env.reset(**kwargs)
 
 
-class RewardObs(Wrapper):
-    @property
-    def obs_space(self):
-        reward = spaces.Box(-np.inf, np.inf, (1,), np.float32)
-        return {**self._env.obs_space, "reward": reward}
-
-    def step(self, action):
-        obs, reward, done, info = self._env.step(action)
-        return {**obs, "reward": np.array([reward], np.float32)}, reward, done, info
-
-    def reset(self, **kwargs):
-        return {**self._env.reset(**kwargs), "reward": np.zeros(1, np.float32)}
-
-
 class OneHotBox(spaces.Box):
     def __init__(self, n, seed=None):
         super().__init__(0, 1, (n,), np.float32, seed)
@@ -632,24 +616,6 @@ class OneHotAction(Wrapper):
                 f"got {action!r}. For discrete actions the actor must use action_dist onehot."
             )
         return self._env.step(int(np.argmax(action)))
-
-
-class ObsDict(Wrapper):
-    def __init__(self, env, key="obs"):
-        super().__init__(env)
-        self._key = key
-
-    @property
-    def obs_space(self):
-        space = getattr(self._env, "obs_space", None) or self._env.observation_space
-        return {self._key: space}
-
-    def step(self, action):
-        obs, reward, done, info = self._env.step(action)
-        return {self._key: np.asarray(obs)}, reward, done, info
-
-    def reset(self, **kwargs):
-        return {self._key: np.asarray(self._env.reset(**kwargs))}
 
 
 class Collect(Wrapper):

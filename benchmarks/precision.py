@@ -39,9 +39,10 @@ import wrappers
 
 keras, tf = dreamer.keras, dreamer.tf
 
-# The learning check's widths (benchmarks/learning.sh).
-HALF = dict(cnn_depth=16, num_units=200, deter_size=100, stoch_size=30, batch_size=16, batch_length=50)
 TINY = dict(cnn_depth=4, num_units=16, deter_size=16, stoch_size=4, batch_size=4, batch_length=16)
+# The learning check's widths: --configs cpu_check (benchmarks/learning.sh) over the defaults.
+CPU_CHECK = {**dreamer.define_config(), **dreamer.PRESETS["cpu_check"]}
+HALF = {k: CPU_CHECK[k] for k in TINY}
 POLICIES = {"32": "float32", "16": "mixed_float16", "bf16": "mixed_bfloat16"}
 SHOWN = (
     "image_loss",

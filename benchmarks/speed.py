@@ -61,6 +61,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # random_batch: the tests' data.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TINY = dict(cnn_depth=4, num_units=16, deter_size=16, stoch_size=4)
@@ -132,6 +133,7 @@ def make_agent(args, logdir):
 
     import dreamer
     import tools
+    from data import random_batch
 
     B, T = args.batch
     flags = ["--logdir", logdir, "--precision", args.precision, "--jit", str(args.jit)]
@@ -140,7 +142,7 @@ def make_agent(args, logdir):
     flags += [f"--{k}={v}" for k, v in (TINY if args.quick else DEFAULT).items()]
     config = dreamer.parse_config(flags)
     dreamer.setup(config)
-    data = tools.random_batch(B, T, ACT_DIM, image=IMAGE)
+    data = random_batch(B, T, ACT_DIM, image=IMAGE)
     dataset = tf.data.Dataset.from_tensors(data).repeat().map(lambda x: tools.preprocess(x, config))
     agent = dreamer.Dreamer(config, NullLogger(), dataset, IMAGE, ACT_DIM, step=0)
     return agent, next(iter(dataset))

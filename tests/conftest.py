@@ -1,3 +1,5 @@
+import contextlib
+import io
 import json
 import os
 import pathlib
@@ -15,6 +17,35 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TINY = "--configs debug --task dmc_cartpole_balance --precision 32".split()
 
 
+# PixelReach (tests/gym_envs.py) stepped in the test process: a run of 240 env steps in seconds. Episodes of 40 env
+# steps, a prefill of 80, an evaluation and a checkpoint every 80, a train step every 40 (2 to pretrain).
+GYM = "--configs debug --precision 32 --task gym_PixelReach-v0 --env_module gym_envs --parallel none --time_limit 40"
+GYM += " --prefill 80 --pretrain 2 --train_every 40 --train_steps 1 --eval_every 80 --log_every 80"
+GYM = GYM.split()
+
+
+def run_here(logdir, *flags, check=True):
+    """dreamer.py's run in this process, as its main() runs it but for the stop signals' handlers (the GYM flags
+    first, then `flags`); returns (exit code, what it printed)."""
+    import dreamer  # Not at the top: test_wrappers.py renders in processes that never import TensorFlow.
+
+    output, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            config = dreamer.parse_config(["--logdir", str(logdir), *GYM, *flags])
+            dreamer.setup(config)
+            dreamer.STOP.signals = 0
+            dreamer.evaluate(config) if config.eval_only else dreamer.train(config)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+            print(e.code if isinstance(e.code, str) else "", file=sys.stderr)
+        finally:
+            dreamer.STOP.signals = 0
+    if check and code:
+        raise AssertionError(f"the run exited with {code}:\n{output.getvalue()[-5000:]}")
+    return code, output.getvalue()
+
+
 def run_dreamer(logdir, *flags, check=True, env=None):
     """`python dreamer.py` in a fresh process; returns the CompletedProcess with stdout and stderr together."""
     command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), *flags]
@@ -26,12 +57,12 @@ def run_dreamer(logdir, *flags, check=True, env=None):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A tiny real training run of 800 env steps, then resumed to 1200: (logdir, first output, second output,
-    the checkpoint state after the first)."""
-    logdir = tmp_path_factory.mktemp("run") / "dmc_cartpole_balance" / "dreamer" / "0"
-    first = run_dreamer(logdir, *TINY, "--steps", "800").stdout
+    """A tiny real training run of 160 env steps, then resumed to 240 (the GYM flags, in this process): (logdir,
+    first output, second output, the checkpoint state after the first)."""
+    logdir = tmp_path_factory.mktemp("run") / "gym_PixelReach-v0" / "dreamer" / "0"
+    first = run_here(logdir, "--steps", "160")[1]
     checkpoint = (logdir / "checkpoints" / "checkpoint").read_text()
-    second = run_dreamer(logdir, *TINY, "--steps", "1200").stdout
+    second = run_here(logdir, "--steps", "240")[1]
     return logdir, first, second, checkpoint
 
 
@@ -54,7 +85,9 @@ def weights(logdir):
 
     reader = tf.train.load_checkpoint(str(logdir / "checkpoints"))
     names = [name for name, _ in tf.train.list_variables(str(logdir / "checkpoints"))]
-    return {name: reader.get_tensor(name) for name in names if "save_counter" not in name}
+    # The object graph names Keras' layers, which are numbered on within a process.
+    skip = ("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH")
+    return {name: reader.get_tensor(name) for name in names if not name.startswith(skip)}
 
 
 def assert_same_run(first, second):

@@ -17,6 +17,7 @@ import tensorflow as tf  # noqa: E402
 
 import dreamer  # noqa: E402
 import tools  # noqa: E402
+from data import random_batch  # noqa: E402
 
 ACT_DIM, IMAGE = 2, (64, 64, 3)
 
@@ -41,7 +42,7 @@ def main():
     mirrored = dreamer.setup(mirrored_config)  # Splits the CPU into 2 logical devices first.
     assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
     config = dreamer.parse_config(flags)
-    batch = tools.random_batch(config.batch_size, config.batch_length, ACT_DIM)
+    batch = random_batch(config.batch_size, config.batch_length, ACT_DIM)
     single = build(flags, None, batch)
     single.save()  # The same initial weights for both.
     before = weights(single)

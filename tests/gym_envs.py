@@ -63,6 +63,22 @@ class Crashing(PixelReach):
             raise RuntimeError("simulator lost")
 
 
+class Signalling(PixelReach):
+    """PixelReach that sends SIGTERM to its own process at the `at`-th step of all its instances, counted by the
+    lines of the file `count`: a stop signal at a known point of a run whose environments step in its process."""
+
+    def __init__(self, count, at):
+        super().__init__()
+        self._count, self._at = pathlib.Path(count), at
+
+    def step(self, action):
+        with self._count.open("a") as f:
+            f.write("step\n")
+        if len(self._count.read_text().splitlines()) == self._at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().step(action)
+
+
 class VectorDiscrete(gymnasium.Env):
     """Vector observations, Discrete(3, start=1) actions and 40x30 render() frames; reward 1 for action 3."""
 
@@ -152,6 +168,7 @@ class HugeBounds(PixelReach):
 
 gymnasium.register("PixelReach-v0", entry_point=PixelReach)
 gymnasium.register("Crashing-v0", entry_point=Crashing)
+gymnasium.register("Signalling-v0", entry_point=Signalling)
 gymnasium.register("VectorDiscrete-v0", entry_point=VectorDiscrete, max_episode_steps=30)
 gymnasium.register("Terminating-v0", entry_point=Terminating)
 gymnasium.register("NoImage-v0", entry_point=NoImage)

@@ -4,14 +4,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY, assert_same_run, episodes, metrics, run_dreamer
+from conftest import assert_same_run, episodes, metrics, run_here
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """The run of the `trained_run` fixture (800 env steps, then resumed to 1200) in one go."""
+    """The run of the `trained_run` fixture (160 env steps, then resumed to 240) in one go."""
     logdir = tmp_path_factory.mktemp("straight")
-    run_dreamer(logdir, *TINY, "--steps", "1200", "--deterministic", "True")
+    run_here(logdir, "--steps", "240", "--deterministic", "True")
     return logdir
 
 
@@ -20,22 +20,22 @@ def test_split_run_equals_uninterrupted_run(trained_run, straight):
     assert json.loads((split / "config.json").read_text())["deterministic"] == "True"  # The default on CPU.
     assert "Loaded checkpoint" in trained_run[2]  # It did resume.
     steps = [line["step"] for line in metrics(straight)]
-    assert max(steps) >= 1200 and any("model_loss" in line for line in metrics(straight))
+    assert max(steps) >= 240 and any("model_loss" in line for line in metrics(straight))
     assert_same_run(split, straight)
 
 
 def test_another_seed_gives_other_episodes(tmp_path, straight):
-    run_dreamer(tmp_path, *TINY, "--steps", "400", "--seed", "1")
+    run_here(tmp_path, "--steps", "80", "--seed", "1")
     ours, theirs = episodes(straight)[1][:2], episodes(tmp_path)[1]
     assert len(theirs) == 2
     for a, b in zip(ours, theirs):
         assert not np.array_equal(a["action"], b["action"])
-        assert not np.array_equal(a["position"][0], b["position"][0])  # Another initial state too.
+        assert not np.array_equal(a["image"][0], b["image"][0])  # Another initial state too.
 
 
 def test_parallel_envs_give_the_same_run_twice(tmp_path):
-    flags = [*TINY, "--steps", "800", "--envs", "2", "--deterministic", "True"]
-    run_dreamer(tmp_path / "a", *flags)
-    run_dreamer(tmp_path / "b", *flags)
-    assert len(episodes(tmp_path / "a")[0]) == 4
+    flags = ["--steps", "240", "--envs", "2", "--deterministic", "True"]
+    run_here(tmp_path / "a", *flags)
+    run_here(tmp_path / "b", *flags)
+    assert len(episodes(tmp_path / "a")[0]) == 6  # Two at a time: the prefill's, then one pair per evaluation.
     assert_same_run(tmp_path / "a", tmp_path / "b")

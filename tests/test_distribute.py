@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, run_dreamer
+from conftest import GYM, ROOT, TINY, run_dreamer
 
 import dreamer
 
@@ -172,12 +172,13 @@ def test_multi_worker_chief_stopped_in_its_prefill_stops_the_workers(tmp_path):
 def test_mirrored_run_trains_and_resumes_on_one_device(tmp_path):
     """A real mirrored run (2 logical CPUs) logs, writes open-loop videos and a checkpoint that a single-device
     run resumes from."""
-    logdir = tmp_path / "run"
-    first = run_dreamer(logdir, *SMALL, "--steps", "800", "--strategy", "mirrored", "--replicas", "2").stdout
+    logdir, env = tmp_path / "run", {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    flags = [*GYM, "--batch_size", "4"]
+    first = run_dreamer(logdir, *flags, "--steps", "160", "--strategy", "mirrored", "--replicas", "2", env=env).stdout
     assert "Strategy mirrored: 2 replicas" in first and "2 sequences each" in first
-    assert (logdir / "checkpoints" / "ckpt-800.index").exists()
+    assert (logdir / "checkpoints" / "ckpt-160.index").exists()
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert any("model_loss" in r for r in rows)
-    second = run_dreamer(logdir, *SMALL, "--steps", "1200").stdout
-    assert f"Loaded checkpoint {logdir}/checkpoints/ckpt-800" in second
-    assert (logdir / "checkpoints" / "ckpt-1200.index").exists()
+    second = run_dreamer(logdir, *flags, "--steps", "240", env=env).stdout
+    assert f"Loaded checkpoint {logdir}/checkpoints/ckpt-160" in second
+    assert (logdir / "checkpoints" / "ckpt-240.index").exists()

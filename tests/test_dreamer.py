@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, TINY, run_dreamer
+from conftest import GYM, ROOT, run_here
+from data import random_batch
 
 import dreamer
 import models
@@ -21,7 +22,7 @@ def agent(tmp_path_factory):
         ["--logdir", str(logdir), "--task", "dmc_walker_walk", "--precision", "32"] + TINY_MODEL.split()
     )
     dreamer.setup(config)
-    batches = [tools.random_batch(3, 8, 6, seed) for seed in range(4)]
+    batches = [random_batch(3, 8, 6, seed) for seed in range(4)]
     dataset = tf.data.Dataset.from_tensor_slices({k: np.stack([b[k] for b in batches]) for k in batches[0]})
     dataset = dataset.repeat().map(lambda x: tools.preprocess(x, config))
     return dreamer.Dreamer(config, None, dataset, (64, 64, 3), 6, step=0), dataset
@@ -239,7 +240,6 @@ def test_train_and_policy_trace_once(agent):
     expected |= {"action_ent", "model_grad_norm", "actor_grad_norm", "value_grad_norm"}
     assert expected <= set(metrics) and all(np.isfinite(v.numpy()) for v in metrics.values())
     assert agent.train.experimental_get_tracing_count() == 1
-    agent.train_every.next.assign(10**9)  # Act only: no training burst inside the policy calls.
     state, reset = None, np.array([True])
     for step in range(4):
         image = np.random.randint(0, 256, (1, 64, 64, 3), np.uint8)
@@ -251,7 +251,7 @@ def test_train_and_policy_trace_once(agent):
 
 def test_a_second_stop_signal_leaves_the_train_burst_to_the_resumed_run(agent, monkeypatch):
     """Stopped at once (a second Ctrl-C or SIGTERM) before its train steps, a due burst is not marked done, so
-    the checkpoint's schedule has the resumed run train it; the agent neither trains nor acts."""
+    the checkpoint's schedule has the resumed run train it."""
     agent, _ = agent
     schedule, step = agent.train_every.next.numpy(), agent.step
     updates = agent.world_model.optimizer.opt.iterations.numpy()
@@ -259,7 +259,7 @@ def test_a_second_stop_signal_leaves_the_train_burst_to_the_resumed_run(agent, m
     monkeypatch.setattr(dreamer.STOP, "signals", 2)
     try:
         with pytest.raises(KeyboardInterrupt):
-            agent({"image": np.zeros((1, 64, 64, 3), np.uint8)}, np.array([True]))
+            dreamer.train_when_due(agent)
         assert agent.train_every.next.numpy() == 0 and agent.step == step
         assert agent.world_model.optimizer.opt.iterations.numpy() == updates
     finally:
@@ -272,7 +272,7 @@ def test_mixed_precision_train_step_is_finite(tmp_path, precision, dtype):
     config = dreamer.parse_config(flags)
     dreamer.setup(config)
     try:
-        data = tools.preprocess(tools.random_batch(3, 8, 6), config)
+        data = tools.preprocess(random_batch(3, 8, 6), config)
         agent = dreamer.Dreamer(config, None, tf.data.Dataset.from_tensors(data), (64, 64, 3), 6, step=0)
         for _ in range(2):
             metrics = agent.train(data)
@@ -410,7 +410,7 @@ def test_parameter_counts_for_walker_walk(tmp_path, capsys):
     reward = dense(feat, units) + dense(units, units) + dense(units, 1)
     actor = dense(feat, units) + 3 * dense(units, units) + dense(units, 2 * act)
     value = dense(feat, units) + 2 * dense(units, units) + dense(units, 1)
-    dataset = tf.data.Dataset.from_tensors(tools.preprocess(tools.random_batch(1, 2, act), config))
+    dataset = tf.data.Dataset.from_tensors(tools.preprocess(random_batch(1, 2, act), config))
     dreamer.Dreamer(config, None, dataset, (64, 64, 3), act, step=0)
     out = capsys.readouterr().out
     assert f"Found {encoder + rssm + decoder + reward} model parameters." in out
@@ -484,26 +484,11 @@ def test_resume_with_other_action_repeat_is_refused(tmp_path, capsys):
     assert (tmp_path / "config.json").read_text() == saved
 
 
-def test_evaluations_fall_every_eval_every_from_where_the_prefill_ended(tmp_path):
-    """Episodes of 150 env steps: the prefill of 400 ends at 450 and evaluations fall at 450, 850, ... A run stopped
-    at 600 collects 250 steps before the next one. (A test at 150 came from a first run with --steps 150.)"""
-    config = dreamer.parse_config(["--logdir", str(tmp_path), "--configs", "debug", "--time_limit", "150"])
-    lines = [{"step": 150, "test/return": 1.0}, {"step": 450, "test/return": 1.0}, {"step": 600, "train/return": 1}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert dreamer.evaluation_due(config, 600) == 250 and dreamer.evaluation_due(config, 850) == 0
-    (tmp_path / "metrics.jsonl").unlink()  # Nothing tested yet: the prefill has just ended, the first one is due.
-    assert dreamer.evaluation_due(config, 450) == 0
-
-
-def test_help_lists_every_flag():
+def test_flag_table_is_generated_from_the_flags():
     text = dreamer.make_parser().format_help()  # Raises on a stray % in a help text.
-    assert all(f"--{key}" in text for key in dreamer.define_config())
-    assert all(len(text) > 10 for _, text, *_ in dreamer.FLAGS.values())
-
-
-def test_readme_flag_table_is_generated_from_the_flags():
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("<!-- flags start -->\n")[1].split("\n<!-- flags end -->")[0]
+    assert "--weight_decay_pattern" in text
+    docs = (ROOT / "docs" / "flags.md").read_text()
+    table = docs.split("<!-- flags start -->\n")[1].split("\n<!-- flags end -->")[0]
     assert table == dreamer.flag_table(), "regenerate it: python -c 'import dreamer; print(dreamer.flag_table())'"
 
 
@@ -528,7 +513,7 @@ def test_flag_parsing(tmp_path):
     assert config.action_dist == "onehot" and config.expl == "epsilon_greedy"
 
 
-# A real run of dreamer.py.
+# A real run of dreamer.py (the GYM flags of conftest.py, in this process).
 
 
 def metrics(logdir):
@@ -540,48 +525,72 @@ def test_run_trains_checkpoints_and_resumes(trained_run):
     saved = json.loads((logdir / "config.json").read_text())  # The resolved values of --configs debug and auto.
     assert saved["configs"] == "['debug']" and saved["num_units"] == "16" and saved["action_dist"] == "tanh_normal"
     assert "Prefill dataset" in first and "Prefill dataset" not in second
-    assert "Loaded checkpoint" in second and "ckpt-800" in checkpoint
-    assert "Training for 3 steps." in first and "Training for 3 steps." not in second  # Pretrain runs once.
+    assert "Loaded checkpoint" in second and "ckpt-160" in checkpoint
+    assert "Training for 2 steps." in first and "Training for 2 steps." not in second  # Pretrain runs once.
     # The burst due at an evaluation's env step runs before its test episode, as in the paper's code.
-    assert first.index("Start evaluation.") < first.index("Training for 3 steps.") < first.index("Test episode")
-    assert second.rindex("Start evaluation.") < second.rindex("Training for 2 steps.") < second.rindex("Test episode")
+    assert first.index("Training for 2 steps.") < first.index("Start evaluation.") < first.index("Test episode")
+    assert second.rindex("Training for 1 steps.") < second.rindex("Start evaluation.") < second.rindex("Test episode")
     rows = metrics(logdir)
-    # At the end of the prefill, every 400 env steps after it and at --steps; the resumed run does not repeat 800.
-    assert [r["step"] for r in rows if "test/return" in r] == [400, 800, 1200]
-    assert any("model_loss" in r and r["step"] == 1200 for r in rows)  # Logged by the resumed run.
+    # At the end of the prefill, every 80 env steps after it and at --steps; the resumed run does not repeat 160.
+    assert [r["step"] for r in rows if "test/return" in r] == [80, 160, 240]
+    assert any("model_loss" in r and r["step"] == 240 for r in rows)  # Logged by the resumed run.
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(logdir / "checkpoints"))
     iterations = reader.get_tensor("model_opt/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
-    # 3 pretraining steps at 400, then 2 at 600, 800, 1000 (after the restart) and 1200: the count continued.
-    assert iterations == 3 + 2 * 4
-    assert tools.count_steps(logdir / "episodes", 2) >= 1200
+    # 2 pretraining steps at 80, then 1 at 120, 160, 200 (after the restart) and 240: the count continued.
+    assert iterations == 2 + 1 * 4
+    assert reader.get_tensor("next_eval/.ATTRIBUTES/VARIABLE_VALUE") == 320  # The schedules are in the checkpoint.
+    assert reader.get_tensor("next_train/.ATTRIBUTES/VARIABLE_VALUE") == 280
+    assert tools.count_steps(logdir / "episodes", 2) == 240
 
 
-def test_run_stopped_between_evaluations_resumes_on_their_schedule(trained_run, tmp_path):
-    # A run killed at 1000 env steps (prefill 400, an evaluation every 400): the next evaluation is due at 1200.
+def test_run_killed_between_evaluations_resumes_on_their_schedule(trained_run, tmp_path):
+    """A run killed at 200 env steps, after the checkpoint of 160: the next evaluation is due at 240."""
     logdir = tmp_path / "run"
     shutil.copytree(trained_run[0], logdir)
     newest = max((logdir / "episodes").glob("*.npz"))
-    assert tools.episode_length(newest) * 2 == 200
     newest.unlink()
+    for path in (logdir / "checkpoints").glob("ckpt-240.*"):
+        path.unlink()
+    tf.compat.v1.train.update_checkpoint_state(str(logdir / "checkpoints"), str(logdir / "checkpoints" / "ckpt-160"))
     logged = len(metrics(logdir))
-    output = run_dreamer(logdir, *TINY, "--steps", "1400").stdout
-    assert "collecting 200 steps before the next one" in output
-    assert [r["step"] for r in metrics(logdir)[logged:] if "test/return" in r] == [1200, 1400]
+    output = run_here(logdir, "--steps", "320")[1]
+    assert "Loaded checkpoint" in output and "ckpt-160" in output
+    assert "Resumed at env step 200: collecting 40 steps before the next evaluation." in output
+    assert [r["step"] for r in metrics(logdir)[logged:] if "test/return" in r] == [240, 320]
 
 
-def test_resume_with_other_architecture_is_refused(trained_run, tmp_path):
+def test_checkpoint_without_the_evaluation_schedule_resumes(trained_run, tmp_path):
+    """Checkpoints written before the evaluation schedule was one: the next evaluation falls on its grid."""
+    logdir = tmp_path / "run"
+    shutil.copytree(trained_run[0], logdir)
+    config = dreamer.parse_config(["--logdir", str(logdir), *GYM])
+    config.action_dist, config.expl = "tanh_normal", "additive_gaussian"  # As the run's environment resolved them.
+    dreamer.setup(config)
+    agent = dreamer.Dreamer(config, None, None, (64, 64, 3), 2, step=0)
+    path = agent.load()
+    old = {k: v for k, v in agent._trackables().items() if k != "next_eval"}
+    tf.train.CheckpointManager(tf.train.Checkpoint(**old), logdir / "checkpoints", 2).save(checkpoint_number=240)
+    assert not any(name.startswith("next_eval") for name, _ in tf.train.list_variables(str(logdir / "checkpoints")))
+    output = run_here(logdir, "--steps", "400")[1]
+    assert f"Loaded checkpoint {logdir}/checkpoints/ckpt-240" in output and path == 240
+    assert [r["step"] for r in metrics(logdir) if "test/return" in r] == [80, 160, 240, 320, 400]
+
+
+def test_resume_with_other_architecture_is_refused(trained_run, capsys):
     logdir = trained_run[0]
     config = (logdir / "config.json").read_text()
-    result = run_dreamer(logdir, *TINY, "--num_units", "32", check=False)
-    assert result.returncode == 2 and "--num_units 16 (not 32)" in result.stdout
+    with pytest.raises(SystemExit) as error:
+        dreamer.parse_config(["--logdir", str(logdir), *GYM, "--num_units", "32"])
+    assert error.value.code == 2 and "--num_units 16 (not 32)" in capsys.readouterr().err
     assert (logdir / "config.json").read_text() == config
 
 
-def test_resume_in_float16_of_a_float32_run_is_refused(trained_run):
+def test_resume_in_float16_of_a_float32_run_is_refused(trained_run, capsys):
     logdir = trained_run[0]
     config = (logdir / "config.json").read_text()
-    result = run_dreamer(logdir, *TINY, "--precision", "16", check=False)
-    assert result.returncode == 2 and "--precision 32 (not 16)" in result.stdout
+    with pytest.raises(SystemExit) as error:
+        dreamer.parse_config(["--logdir", str(logdir), *GYM, "--precision", "16"])
+    assert error.value.code == 2 and "--precision 32 (not 16)" in capsys.readouterr().err
     assert (logdir / "config.json").read_text() == config
 
 
@@ -600,17 +609,44 @@ def test_flags_its_checkpoint_refuses_are_not_saved_as_the_runs(trained_run, tmp
     """Without config.json the flags are only checked by restoring the checkpoint; refused, they are not saved."""
     logdir = tmp_path / "run"
     shutil.copytree(trained_run[0], logdir, ignore=shutil.ignore_patterns("lock", "config.json"))
-    result = run_dreamer(logdir, *TINY, "--precision", "16", check=False)
-    assert result.returncode == 2 and "does not fit this run" in result.stdout
+    code, output = run_here(logdir, "--precision", "16", check=False)
+    assert code == 2 and "does not fit this run" in output
     assert not (logdir / "config.json").exists()
+    keras.mixed_precision.set_global_policy("float32")
 
 
-def test_atari_run_acts_with_valid_one_hot_actions(tmp_path):
-    flags = TINY_MODEL.split() + ["--task", "atari_pong", "--action_repeat", "4", "--time_limit", "400"]
-    flags += "--prefill 400 --pretrain 2 --train_every 400 --train_steps 1 --eval_every 400 --steps 800".split()
-    result = run_dreamer(tmp_path, *flags, "--log_images", "False", "--precision", "32")
-    assert "atari_pong has discrete actions: --action_dist onehot, --expl epsilon_greedy" in result.stdout
-    episodes = sorted((tmp_path / "episodes").glob("*.npz"))
-    assert len(episodes) == 2  # A prefill and an agent episode, both stepped through OneHotAction's check.
-    action = np.load(episodes[-1])["action"][1:]
-    assert action.shape[1] == 6 and set(np.unique(action)) == {0, 1} and (action.sum(-1) == 1).all()
+def test_the_policy_never_trains(trained_run):
+    """Acting, in training or test mode, with a train burst due: no update, no schedule moved."""
+    config = dreamer.parse_config(["--logdir", str(trained_run[0]), *GYM])
+    config.action_dist, config.expl = "tanh_normal", "additive_gaussian"  # As the run's environment resolved them.
+    dreamer.setup(config)
+    store = tools.EpisodeStore(trained_run[0] / "episodes")
+    agent = dreamer.Dreamer(config, None, tools.make_dataset(store, config), (64, 64, 3), 2, step=10**6)
+    agent.load()
+    assert agent.train_every.due(agent.step) and agent.eval_every.due(agent.step)
+    before = [v.numpy().copy() for v in agent.world_model.variables]
+    state = None
+    for training in (True, False, True):
+        action, state = agent({"image": np.zeros((1, 64, 64, 3), np.uint8)}, np.array([state is None]), state, training)
+    assert action.shape == (1, 2) and agent.world_model.optimizer.opt.iterations.numpy() == 6
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, agent.world_model.variables))
+    assert agent.step == 10**6 and agent.train_every.due(agent.step)
+
+
+def test_atari_agent_acts_with_valid_one_hot_actions(tmp_path):
+    """The onehot actor and epsilon-greedy exploration through OneHotAction's check, which rejects anything else."""
+    flags = ["--logdir", str(tmp_path), *TINY_MODEL.split(), "--task", "atari_pong", "--parallel", "none"]
+    config = dreamer.parse_config([*flags, "--time_limit", "120", "--expl_amount", "0.5", "--precision", "32"])
+    assert (config.action_dist, config.expl) == ("onehot", "epsilon_greedy")
+    dreamer.setup(config)
+    episodes = []
+    with dreamer.environments(config, "train") as (envs,):
+        envs = dreamer.record(config, envs, [episodes.append])
+        agent = dreamer.make_agent(config, envs[0])
+        agent.train_every.next.assign(10**9)  # Nothing to train on: acting only.
+        dreamer.collect(config, agent, envs, None, episodes=1)
+        dreamer.test(config, agent, envs, episodes=1)
+    for episode in episodes:
+        action = episode["action"][1:]
+        assert action.shape == (60, 6) and set(np.unique(action)) == {0, 1} and (action.sum(-1) == 1).all()
+    assert len({a.argmax() for a in episodes[0]["action"][1:]}) > 1  # Exploring.

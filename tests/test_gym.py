@@ -2,32 +2,18 @@
 
 import functools
 import json
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY
+from conftest import run_here
 
 import dreamer
 import wrappers
 
-TESTS = pathlib.Path(__file__).parent
-# Short episodes (40 env steps), an evaluation and a checkpoint every 80.
-SHORT = "--log_images False --time_limit 40 --prefill 80 --pretrain 2 --train_every 40 --train_steps 1 --eval_every 80"
-SHORT += " --log_every 80"
 
-
-def run_gym(logdir, *flags, check=True):
-    """dreamer.py run from tests/, so that `--env_module gym_envs` is importable from the working directory."""
-    command = [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), *TINY, *SHORT.split(), *flags]
-    result = subprocess.run(
-        command, check=False, cwd=TESTS, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"dreamer.py exited with {result.returncode}:\n{result.stdout[-5000:]}")
-    return result.stdout
+def run_gym(logdir, *flags):
+    """A run in this process (conftest's GYM flags, without images in TensorBoard, then `flags`); its output."""
+    return run_here(logdir, "--log_images", "False", *flags)[1]
 
 
 def episodes(logdir):

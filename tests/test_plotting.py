@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT))
 
 import plotting
 
-REFERENCE = ROOT.parent / "shared" / "reference"
+SCORES = ROOT / "scores"  # The paper's published curves and baselines, shipped with the repository.
 
 
 def write_run(root, task, method, seed, steps, returns, key="test/return"):
@@ -238,23 +238,11 @@ def test_add_aggregates_all_methods(tmp_path):
     )
 
 
-@pytest.fixture
-def reference():
-    if not (REFERENCE / "dreamer_paper_curves.json").exists():
-        pytest.skip(f"no reference data at {REFERENCE}")
-    return REFERENCE
-
-
-def test_reference_curves_and_baselines(reference):
-    runs = plotting.load_curves([reference / "dreamer_paper_curves.json"])
-    baselines = plotting.load_baselines([reference / "paper_baselines.json"])
-    assert len(runs) == 100 and {run["seed"] for run in runs} == {
-        "0",
-        "1",
-        "2",
-        "3",
-        "4",
-    }
+def test_reference_curves_and_baselines_in_the_repository():
+    runs = plotting.load_curves([SCORES / "dreamer.json"])
+    baselines = plotting.load_baselines([SCORES / "baselines.json"])
+    assert len(runs) == 100 and {run["seed"] for run in runs} == {"0", "1", "2", "3", "4"}
+    assert len({run["task"] for run in runs}) == 20 and len(baselines) == 18
     fig, axes = plotting.plot(runs, baselines)
     assert len(fig.axes) == len(axes) == 20
     assert all(lines_of(ax) for ax in axes)
@@ -266,34 +254,47 @@ def test_reference_curves_and_baselines(reference):
     assert {"dreamer", "d4pg_100m", "a3c_100m_proprio"} <= set(legend_labels(fig))
 
 
-def test_own_run_beside_reference_in_one_command(reference, tmp_path, capsys):
+def test_defaults_draw_a_run_beside_the_paper_from_any_folder(tmp_path, monkeypatch, capsys):
+    write_runs(tmp_path / "logdir", tasks=("dmc_cartpole_balance",), methods=("dreamer",), seeds=1)
+    monkeypatch.chdir(tmp_path)  # The defaults are found beside plotting.py, not in the working folder.
+    args = plotting.parse_args(["--indir", "logdir", "--outdir", "plots"])
+    assert args.curves == [str(SCORES / "dreamer.json")] and args.baselines_file == [str(SCORES / "baselines.json")]
+    assert plotting.main(["--indir", "logdir", "--outdir", "plots"]) == 0
+    assert "1 tasks, 6 runs" in capsys.readouterr().out  # The run and the paper's 5 seeds of its one task.
+    assert (tmp_path / "plots" / "curves.png").stat().st_size > 0
+    runs = plotting.load_runs(["logdir"])
+    curves = plotting.load_curves(args.curves)
+    drawn = plotting.beside(runs, curves, tasks={"dmc_cartpole_balance"})
+    fig, axes = plotting.plot(drawn, plotting.load_baselines(args.baselines_file))
+    assert len(axes) == 1
+    assert legend_labels(fig) == ["dreamer", "dreamer (reference)", "a3c_100m_proprio", "d4pg_100m"]
+    assert plotting.main(["--indir", "logdir", "--outdir", "plots", "--curves", "--baselines_file"]) == 0
+    assert "1 tasks, 1 runs" in capsys.readouterr().out  # Both flags without a value: the run alone.
+
+
+def test_own_run_beside_several_curves_files(tmp_path, capsys):
     write_runs(tmp_path / "logdir", tasks=("dmc_cartpole_balance",), methods=("mine",), seeds=1)
-    args = [
-        "--indir",
-        str(tmp_path / "logdir"),
-        "--outdir",
-        str(tmp_path / "plots"),
-        "--tasks",
-        "dmc_cartpole_balance",
-    ]
-    args += [
-        "--curves",
-        str(reference / "dreamer_paper_curves.json"),
-        str(reference / "calibration_cartpole_balance.json"),
-    ]
-    args += [
-        "--baselines_file",
-        str(reference / "paper_baselines.json"),
-        "--baselines",
-        "d4pg.*",
-    ]
+    paper, check = tmp_path / "paper.json", tmp_path / "check.json"
+    paper.write_text(
+        json.dumps(
+            [
+                {"task": task, "method": "dreamer", "seed": seed, "xs": [0, 1e5], "ys": [0, 900]}
+                for task in ("dmc_cartpole_balance", "dmc_walker_walk")
+                for seed in range(3)
+            ]
+        )
+    )
+    check.write_text(json.dumps([{"task": "dmc_cartpole_balance", "method": "check", "xs": [0, 1e5], "ys": [0, 1]}]))
+    args = ["--indir", str(tmp_path / "logdir"), "--outdir", str(tmp_path / "plots"), "--tasks", "dmc_cartpole_.*"]
+    args += ["--curves", str(paper), str(check), "--baselines", "d4pg.*"]
     assert plotting.main(args) == 0
-    assert "1 tasks, 7 runs" in capsys.readouterr().out
+    assert "1 tasks, 5 runs" in capsys.readouterr().out  # Walker's curves are left out: the run has no such task.
     assert (tmp_path / "plots" / "curves.pdf").exists()
 
 
-def table_rows(text):
-    lines = text.strip().splitlines()
+def table_rows(text, index=0):
+    """Header and {first cell: {column: cell}} of the index-th Markdown table in text."""
+    lines = [block for block in text.strip().split("\n\n") if block.startswith("|")][index].splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert set(lines[1].replace("|", "").split()) == {"---"}
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
@@ -325,11 +326,11 @@ def test_table_mean_std_over_seeds_reference_and_missing(tmp_path, capsys):
         )
     )
     args = ["--indir", str(tmp_path / "logdir"), "--outdir", str(tmp_path / "out"), "--name", "scores"]
-    args += ["--table", "--table_steps", "1e5", "2e5", "5e5", "--curves", str(curves)]
+    args += ["--table", "--table_steps", "1e5", "2e5", "5e5", "--curves", str(curves), "--bootstrap_reps", "20"]
     assert plotting.main(args) == 0
     out = capsys.readouterr().out
     text = (tmp_path / "out" / "scores.md").read_text()
-    assert out == text
+    assert out.startswith(text)  # The table, then its aggregates.
     assert not (tmp_path / "out" / "scores.png").exists()
     header, rows = table_rows(text)
     assert header == [
@@ -353,18 +354,100 @@ def test_table_mean_std_over_seeds_reference_and_missing(tmp_path, capsys):
 
 def test_table_labels_and_nothing_to_tabulate(tmp_path, capsys):
     write_run(tmp_path / "logdir", "dmc_cartpole_balance", "dreamer-32", 0, [0, 10], [1, 3])
-    args = ["--indir", str(tmp_path / "logdir"), "--outdir", str(tmp_path / "out"), "--table"]
-    assert plotting.main(args + ["--table_steps", "5", "--labels", "dreamer-.*", "mine"]) == 0
+    args = ["--indir", str(tmp_path / "logdir"), "--outdir", str(tmp_path / "out"), "--table", "--curves"]
+    assert plotting.main(args + ["--table_steps", "5", "--labels", "dreamer-.*", "mine", "--bootstrap_reps", "10"]) == 0
     header, rows = table_rows(capsys.readouterr().out)
     assert header == ["task", "mine @ 5"] and rows["dmc_cartpole_balance"]["mine @ 5"] == "2.0 ± 0.0 (1)"
     assert plotting.main(args + ["--tasks", "atari_.*"]) == 1
     assert "nothing to tabulate" in capsys.readouterr().err
 
 
-def test_table_beside_the_paper(reference, tmp_path, capsys):
+def test_table_beside_the_paper_by_default(tmp_path, capsys):
     write_run(tmp_path / "logdir", "dmc_cartpole_balance", "dreamer", 0, [5_000, 100_000], [150, 300])
     args = ["--indir", str(tmp_path / "logdir"), "--outdir", str(tmp_path), "--table", "--table_steps", "1e5"]
-    assert plotting.main(args + ["--curves", str(reference / "dreamer_paper_curves.json")]) == 0
-    _, rows = table_rows(capsys.readouterr().out)
+    assert plotting.main(args + ["--bootstrap_reps", "20"]) == 0
+    out, err = capsys.readouterr()
+    _, rows = table_rows(out)
     assert rows["dmc_cartpole_balance"]["dreamer @ 100k"] == "300.0 ± 0.0 (1)"
     assert rows["dmc_cartpole_balance"]["dreamer (reference) @ 100k"].endswith("(5)")
+    # The aggregates: each method over the tasks it has, the run's one task and the paper's 20.
+    text = (tmp_path / "curves_aggregates.md").read_text()
+    assert out.endswith(text) and f"{tmp_path / 'curves'}_aggregates.md and {tmp_path / 'curves'}_profiles.png" in err
+    header, rows = table_rows(text)
+    assert header == ["method", "step", "n", "IQM", "median", "mean"]
+    assert rows["dreamer"] == {
+        "step": "100k",
+        "n": "1 × 1",
+        **dict.fromkeys(plotting.AGGREGATES, "0.300 [0.300, 0.300]"),
+    }
+    assert rows["dreamer (reference)"]["n"] == "20 × 5"
+    paper = [plotting.value_at(c["xs"], c["ys"], 1e5) / 1000 for c in plotting.load_curves([SCORES / "dreamer.json"])]
+    point, lower, upper = parse_interval(rows["dreamer (reference)"]["mean"])
+    assert point == round(np.mean(paper), 3) and lower < point < upper
+    assert (tmp_path / "curves_profiles.png").read_bytes().startswith(b"\x89PNG")
+    assert plotting.main(args + ["--bootstrap_reps", "20", "--name", "again"]) == 0
+    assert (tmp_path / "again_aggregates.md").read_text() == text  # Seeded: the same numbers every time.
+
+
+def parse_interval(cell):
+    point, lower, upper = cell.replace("[", "").replace(",", "").replace("]", "").split()
+    return float(point), float(lower), float(upper)
+
+
+# 4 tasks x 2 seeds. IQM: the middle 4 of the 8 sorted scores 0, .1, .2, .2, .3, .4, 1, 1, so (.2 + .2 + .3 + .4) / 4;
+# per-task means .1, .2, .3, 1: median .25, mean .4.
+HAND = np.array([[0.0, 0.1, 0.2, 1.0], [0.2, 0.3, 0.4, 1.0]])
+
+
+def test_aggregates_as_computed_by_hand():
+    point, (lower, upper) = plotting.bootstrap(HAND, plotting.summary, reps=200, seed=0)
+    np.testing.assert_allclose(point, [0.275, 0.25, 0.4])
+    assert np.all(lower <= point) and np.all(point <= upper) and np.all(lower < upper)
+    # Resampling seeds within tasks: a task mean stays between its seeds, so the mean stays in [.35, .45].
+    assert 0.35 <= lower[2] and upper[2] <= 0.45
+    again = plotting.bootstrap(HAND, plotting.summary, reps=200, seed=0)
+    np.testing.assert_array_equal(again[1], [lower, upper])
+    same_tasks = np.array([[0.5, 0.5], [0.5, 0.5]])  # No spread over seeds: no width.
+    np.testing.assert_allclose(plotting.bootstrap(same_tasks, plotting.summary, reps=20)[1], 0.5)
+
+
+def test_performance_profile_fractions():
+    np.testing.assert_allclose(plotting.profile(HAND, np.array([0, 0.2, 0.35, 1.0])), [7 / 8, 4 / 8, 3 / 8, 0])
+    point, (lower, upper) = plotting.bootstrap(HAND, plotting.profile, reps=200, seed=0)
+    assert point.shape == lower.shape == plotting.TAUS.shape
+    assert point[20] == 0.5 and plotting.TAUS[20] == 0.2  # Above .2: .3, .4, 1, 1.
+    assert np.all(lower <= point) and np.all(point <= upper)
+    # Only task 3's two 1s lie above .95 in every resample; none lies above 1.
+    assert lower[95] == upper[95] == 2 / 8 and lower[-1] == upper[-1] == 0
+
+
+def test_aggregate_table_of_runs_by_hand(tmp_path):
+    for task, scores in enumerate(HAND.T):
+        for seed, score in enumerate(scores):
+            write_run(tmp_path / "logdir", f"dmc_task{task}", "mine", seed, [0, 100_000], [0, 1000 * score])
+    write_run(tmp_path / "logdir", "dmc_task0", "fewer", 0, [100_000], [500])
+    args = ["--indir", str(tmp_path / "logdir"), "--outdir", str(tmp_path), "--table", "--curves", "--table_steps"]
+    assert plotting.main(args + ["1e5", "--bootstrap_reps", "100"]) == 0
+    _, rows = table_rows((tmp_path / "curves_aggregates.md").read_text())
+    mine = {name: parse_interval(rows["mine"][name]) for name in plotting.AGGREGATES}
+    assert rows["mine"]["n"] == "4 × 2" and rows["fewer"]["n"] == "1 × 1"
+    assert [mine[name][0] for name in plotting.AGGREGATES] == [0.275, 0.25, 0.4]
+    assert all(lower <= point <= upper for point, lower, upper in mine.values())
+    assert rows["fewer"]["IQM"] == "0.500 [0.500, 0.500]"  # A method over the tasks it has.
+
+
+def test_score_matrix_normalises_and_keeps_as_many_seeds_in_every_task(capsys):
+    def run(task, seed, value, last=1e5):
+        return {"task": task, "method": "m", "seed": str(seed), "xs": np.array([0, last]), "ys": np.array([0, value])}
+
+    runs = [run("a", 1, 400), run("a", 0, 200), run("a", 2, 900), run("b", 0, 600), run("b", 1, 800)]
+    runs += [run("c", 0, 1000, last=2e4)]  # No value at 1e5 (past one evaluation interval): task c is left out.
+    scores, dropped = plotting.score_matrix(runs, 1e5)
+    np.testing.assert_allclose(scores, [[0.2, 0.6], [0.4, 0.8]])  # Seeds 0 and 1 of a and b; a's seed 2 left out.
+    assert dropped == 1
+    assert plotting.score_matrix(runs, 1e6) == (None, 0)
+    results = plotting.estimates(runs, [], [1e5, 1e6], reps=10)
+    assert "warning: m: left out 1 seed values at 100k: each task keeps 2" in capsys.readouterr().err
+    assert results["m", 1e6] is None and results["m", 1e5][0].shape == (2, 2)
+    rows = table_rows(plotting.aggregates_table(results, [1e5, 1e6]))[1]
+    assert rows["m"]["n"] == "0" and rows["m"]["IQM"] == "–"  # The last row, at 1M, has no value.

@@ -49,16 +49,16 @@ def assert_same(a, b):
 
 
 class EchoEnv:
-    """Observes the action it receives, as an array; gives no discount."""
+    """Observes the action it receives, as {"action": array}; gives no discount."""
 
-    observation_space = spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    obs_space = {"action": spaces.Box(-np.inf, np.inf, (3,), np.float32)}
     action_space = spaces.Box(np.array([-2, 0, -np.inf], np.float32), np.array([4, 10, np.inf], np.float32))
 
     def reset(self):
-        return np.zeros(3, np.float32)
+        return {"action": np.zeros(3, np.float32)}
 
     def step(self, action):
-        return np.asarray(action), 1.0, False, {}
+        return {"action": np.asarray(action)}, 1.0, False, {}
 
 
 # Functions run in clean children.
@@ -181,7 +181,7 @@ def test_normalize_actions_dmc():
 
 
 def test_normalize_actions_masks_infinite_bounds():
-    env = wrappers.NormalizeActions(wrappers.ObsDict(EchoEnv(), "action"))
+    env = wrappers.NormalizeActions(EchoEnv())
     np.testing.assert_array_equal(env.action_space.low, [-1, -1, -np.inf])
     np.testing.assert_array_equal(env.action_space.high, [1, 1, np.inf])
     obs = env.step(np.array([-1, 1, 7], np.float32))[0]
@@ -227,7 +227,7 @@ def test_async_dmc_strategies_agree():
 
 
 def test_time_limit_boundary():
-    env = wrappers.TimeLimit(wrappers.ObsDict(EchoEnv()), 3)
+    env = wrappers.TimeLimit(EchoEnv(), 3)
     with pytest.raises(AssertionError):
         env.step(np.zeros(3))
     env.reset()
@@ -245,17 +245,6 @@ def test_time_limit_atari():
     transitions = rollout(env, 100)
     assert len(transitions) == 6 and transitions[-1][2:] == (True, 1.0)
     assert not any(t[2] for t in transitions[:-1])
-
-
-def test_reward_obs_and_obs_dict():
-    env = wrappers.RewardObs(wrappers.ObsDict(EchoEnv(), "obs"))
-    assert set(env.obs_space) == {"obs", "reward"}
-    obs = env.reset()
-    assert obs["reward"].shape == (1,) and obs["reward"] == 0
-    obs = env.step(np.ones(3))[0]
-    assert obs["reward"].dtype == np.float32 and obs["reward"] == 1
-    np.testing.assert_array_equal(obs["obs"], np.ones(3))
-    assert env.obs_space["obs"].shape == (3,)
 
 
 def test_one_hot_action():
@@ -284,7 +273,7 @@ def test_one_hot_action():
 
 @pytest.mark.parametrize("grayscale", [False, True])
 def test_atari_pong(grayscale):
-    env = wrappers.make_env("atari_pong", action_repeat=4, grayscale=grayscale, seed=1)
+    env = wrappers.OneHotAction(wrappers.Atari("pong", 4, grayscale=grayscale, seed=1))  # As make_env wraps it.
     channels = 1 if grayscale else 3
     assert env.obs_space["image"].shape == (64, 64, channels)
     obs = env.reset()
