@@ -103,7 +103,9 @@ class Start:
 
 def digest(agent):
     """A fingerprint of all network weights, to check that workers agree."""
-    weights = agent.world_model.variables + agent.behavior.actor.weights + agent.behavior.value.weights
+    behavior = agent.behavior
+    weights = agent.world_model.variables + (behavior.actor.weights if behavior else [])
+    weights += behavior.value.weights if behavior and behavior.value else []
     digest = hashlib.sha256()
     for weight in weights:
         digest.update(np.asarray(weight.numpy()).tobytes())

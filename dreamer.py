@@ -55,7 +55,16 @@ PRESETS = dict(
         train_steps=2,
         eval_every=400,
         log_every=400,
+        plan_horizon=3,
+        cem_candidates=20,
+        cem_iterations=2,
+        cem_topk=4,
     ),
+    # The paper's other experiments (README, "The paper's experiments"), each combinable with the others and atari.
+    no_value=dict(behavior="no_value"),
+    planet=dict(behavior="planet"),
+    contrastive=dict(representation="contrastive"),
+    reward_only=dict(representation="reward"),
     # The CPU learning check (benchmarks/learning.sh): half-width networks, 16-sequence batches.
     cpu_check=dict(
         task="dmc_cartpole_balance",
@@ -159,6 +168,13 @@ FLAGS = dict(
     cnn_act=("relu", "activation of the encoder's and decoder's convolutions", ACTIVATIONS),
     cnn_depth=(32, "channels of the first convolution (doubled at each of the encoder's four)"),
     pcont=(False, "learn to predict episode ends (a continuation model), for tasks that terminate"),
+    representation=(
+        "reconstruction",
+        "what besides the KL shapes the encoder and RSSM: reconstruction (the image decoder, the paper's), "
+        "contrastive (a state model q(s_t | o_t) against the batch's other states, the paper's J_NCE) or reward "
+        "(only the reward and continuation losses); the decoder still learns, on stop-gradient features, for videos",
+        ("reconstruction", "contrastive", "reward"),
+    ),
     free_nats=(3.0, "no KL gradient while the mean KL is below this many nats"),
     kl_scale=(1.0, "weight of the KL term in the model loss"),
     pcont_scale=(10.0, "weight of the continuation model's loss"),
@@ -181,6 +197,17 @@ FLAGS = dict(
     ),
     dataset_balance=(False, "sample more sequence chunks that end at an episode's last step"),
     # Behaviour.
+    behavior=(
+        "dreamer",
+        "how actions are chosen: dreamer (actor and value model learned in imagination, the paper's), no_value "
+        "(the actor maximises the imagined rewards within --horizon; no value model), planet (PlaNet's online "
+        "planner: the cross-entropy method over action sequences in the learned dynamics; no actor or value)",
+        ("dreamer", "no_value", "planet"),
+    ),
+    plan_horizon=(12, "planet: steps of each planned action sequence"),
+    cem_candidates=(1000, "planet: action sequences drawn at each refit"),
+    cem_iterations=(10, "planet: refits of the action sequences' Gaussian per action"),
+    cem_topk=(100, "planet: the best sequences each refit is fitted to"),
     discount=(0.99, "discount factor of imagined rewards"),
     disclam=(0.95, "lambda of the lambda-returns"),
     horizon=(15, "imagination horizon (steps)"),
@@ -221,6 +248,8 @@ ARCHITECTURE = (
     "cnn_depth",
     "pcont",
     "action_dist",
+    "behavior",
+    "representation",
 )
 
 
@@ -328,6 +357,7 @@ def flag_problem(config):
         )
     positive = ("steps", "envs", "action_repeat", "batch_size", "batch_length", "horizon", "cnn_depth", "num_units")
     positive += ("deter_size", "stoch_size", "eval_every", "log_every", "train_every", "time_limit")
+    positive += ("plan_horizon", "cem_candidates", "cem_iterations", "cem_topk")
     for key in positive + ("train_steps", "pretrain", "eval_episodes"):
         if config[key] <= 0:
             return f"argument --{key}: must be positive, got {config[key]}"
@@ -350,6 +380,8 @@ def flag_problem(config):
             f"{config.action_repeat} have {length} steps, fewer than --batch_length {config.batch_length}; lower it "
             "or raise --time_limit"
         )
+    if config.cem_topk > config.cem_candidates:
+        return f"argument --cem_topk: {config.cem_topk} of --cem_candidates {config.cem_candidates}; use at most that"
     if config.seed < 0:
         return f"argument --seed: must be 0 or positive, got {config.seed}"
     if config.replicas < 0:
@@ -369,6 +401,11 @@ def action_problem(config, discrete):
         config.expl = "epsilon_greedy" if discrete else "additive_gaussian"
     if discrete:
         print(f"{config.task} has discrete actions: --action_dist {config.action_dist}, --expl {config.expl}.")
+    if discrete and config.behavior == "planet":
+        return (
+            f"argument --behavior: planet searches continuous action sequences, and {config.task} has discrete "
+            "actions; use --behavior dreamer or no_value (the onehot actor)"
+        )
     if discrete and (config.action_dist != "onehot" or config.expl == "additive_gaussian"):
         return (
             f"argument --action_dist/--expl: {config.task} has discrete actions, which --action_dist "
@@ -460,14 +497,14 @@ class Dreamer:
         c = self._c
         self.world_model = models.WorldModel(c, image_shape, act_dim)
         feat_size = c.stoch_size + c.deter_size
-        self.behavior = models.ActorCritic(c, feat_size, act_dim)
-        for name, module in (
-            ("model", self.world_model),
-            ("actor", self.behavior.actor),
-            ("value", self.behavior.value),
-        ):
-            modules = module.modules if name == "model" else [module]
-            print(f"Found {sum(models.count_params(m) for m in modules)} {name} parameters.")
+        # PlaNet plans with the world model alone.
+        self.behavior = None if c.behavior == "planet" else models.ActorCritic(c, feat_size, act_dim)
+        modules = dict(model=self.world_model.modules)
+        if self.behavior:
+            modules.update(actor=[self.behavior.actor], value=[self.behavior.value] if self.behavior.value else [])
+        for name, group in modules.items():
+            if group:
+                print(f"Found {sum(models.count_params(m) for m in group)} {name} parameters.")
         self.train_every, self.log_every = tools.Every(c.train_every), tools.Every(c.log_every)
         self.eval_every = tools.Every(c.eval_every)
         latent = self.world_model.dynamics.initial(1)
@@ -502,19 +539,20 @@ class Dreamer:
 
     def _trackables(self):
         wm, ac = self.world_model, self.behavior
-        return dict(
+        trackables = dict(
             encoder=wm.encoder,
             dynamics=wm.dynamics,
             **{f"{k}_head": v for k, v in wm.heads.items()},
-            actor=ac.actor,
-            value=ac.value,
             model_opt=wm.optimizer.opt,
-            actor_opt=ac.actor_opt.opt,
-            value_opt=ac.value_opt.opt,
             next_train=self.train_every.next,
             next_log=self.log_every.next,
             next_eval=self.eval_every.next,
         )
+        if ac:
+            trackables.update(actor=ac.actor, actor_opt=ac.actor_opt.opt)
+        if ac and ac.value:
+            trackables.update(value=ac.value, value_opt=ac.value_opt.opt)
+        return trackables
 
     def __call__(self, obs, reset, state=None, training=True):
         """The policy: actions for a batch of observations (`reset` marks the first of an episode)."""
@@ -583,15 +621,21 @@ class Dreamer:
         model_seed, behavior_seed = tf.unstack(tf.random.split(seed))
         with tf.GradientTape() as model_tape:
             model_loss, post, metrics = wm.loss(data, model_seed)
+        if not ac:  # PlaNet: only the world model learns.
+            metrics.update(wm.optimizer(model_tape, model_loss))
+            return metrics
         with tf.GradientTape() as actor_tape:
             feat = ac.imagine_ahead(ac.start_states(post), wm.dynamics, behavior_seed)
             returns, weights = ac.returns(feat, wm.heads)
             actor_loss = -tf.reduce_mean(weights * returns)
-        with tf.GradientTape() as value_tape:
-            value_loss = ac.value_loss(feat, returns, weights)
-        metrics.update(actor_loss=actor_loss, value_loss=value_loss)
+        metrics.update(actor_loss=actor_loss)
+        if ac.value:
+            with tf.GradientTape() as value_tape:
+                value_loss = ac.value_loss(feat, returns, weights)
+            metrics.update(value_loss=value_loss)
         metrics.update(ac.actor_opt(actor_tape, actor_loss))
-        metrics.update(ac.value_opt(value_tape, value_loss))
+        if ac.value:
+            metrics.update(ac.value_opt(value_tape, value_loss))
         metrics.update(wm.optimizer(model_tape, model_loss))
         feat = tf.stop_gradient(wm.dynamics.get_feat(post))
         entropy_seed = tf.random.experimental.stateless_fold_in(seed, 1)
@@ -609,10 +653,19 @@ class Dreamer:
         embed = self.world_model.encoder(tools.preprocess({"image": image}, self._c)["image"])
         noise = tf.random.stateless_normal(tf.shape(latent["stoch"]), latent_seed)
         latent, _ = dynamics.obs_step(latent, action, embed, noise)
-        dist = self.behavior.actor(dynamics.get_feat(latent))
-        action = tf.cond(training, lambda: dist.sample(seed=action_seed), lambda: dist.mode(seed=action_seed))
+        action = self._plan(latent, action_seed) if self.behavior is None else self._act(latent, training, action_seed)
         action = self._exploration(action, amount, expl_seed)
         return action, (latent, action)
+
+    def _act(self, latent, training, seed):
+        dist = self.behavior.actor(self.world_model.dynamics.get_feat(latent))
+        return tf.cond(training, lambda: dist.sample(seed=seed), lambda: dist.mode(seed=seed))
+
+    def _plan(self, latent, seed):
+        """PlaNet's action: the first of the best action sequence the cross-entropy method finds from `latent`."""
+        c, wm = self._c, self.world_model
+        sizes = dict(candidates=c.cem_candidates, iterations=c.cem_iterations, topk=c.cem_topk, horizon=c.plan_horizon)
+        return models.cross_entropy_method(wm.dynamics, wm.heads["reward"], latent, self._act_dim, seed, **sizes)
 
     def _exploration(self, action, amount, seed):
         expl = self._c.expl

@@ -291,6 +291,48 @@ class ActionDecoder(layers.Layer):
         raise NotImplementedError(self._dist)
 
 
+class StateModel(layers.Layer):
+    """The paper's state model q(s_t | o_t) for contrastive estimation: a diagonal Gaussian over the features
+    [stoch, deter] given the encoder's embedding. TF1's `heads.cpc`: networks.basic.feed_forward with
+    cpc_head_layers=3 hidden layers, separate mean and std layers, std 'learned' (min_std 1e-2, init_std 1)."""
+
+    def __init__(self, size, num_layers, units, act="elu", min_std=1e-2, init_std=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self._min_std = min_std
+        self._raw_init_std = np.log(np.exp(init_std) - 1)  # softplus^-1(init_std)
+        self.hidden = [Dense(units, act) for _ in range(num_layers)]
+        self.mean = Dense(size)
+        self.std = Dense(size)
+
+    def call(self, embed):
+        x = tf.cast(embed, self.compute_dtype)
+        for dense in self.hidden:
+            x = dense(x)
+        mean, std = tf.cast(self.mean(x), tf.float32), tf.cast(self.std(x), tf.float32)
+        std = tf.nn.softplus(std + self._raw_init_std) + self._min_std
+        return tfd.Independent(tfd.Normal(mean, std), 1)
+
+
+def contrastive_objective(pred, feat, batch_amount=None, time_amount=None):
+    """J_S of the paper's J_NCE as TF1 computes it (training/utility.py, compute_cpc_loss): for the state model
+    `pred` of every observation o_bt [B, T], ln q(s_bt | o_bt) - ln sum over a window of offsets (i, j) of
+    q(s_(b-i)(t-j) | o_bt), the offset (0, 0) included and the indices cyclic (TF1's tf.roll). The window is
+    `batch_amount` x `time_amount` offsets centred on 0 (TF1's 'window' contrast; None: all B or T of them, so
+    (None, 1) is TF1's 'batch' contrast and (1, None) its 'time'), clamped to [B, T] where TF1 asserts."""
+    feat = tf.cast(feat, tf.float32)
+    rows, cols = tf.shape(feat)[0], tf.shape(feat)[1]
+    kb = rows if batch_amount is None else tf.minimum(batch_amount, rows)
+    kt = cols if time_amount is None else tf.minimum(time_amount, cols)
+    index = tf.range(kb * kt)  # TF1's order of the offsets, batch-major.
+    shift_b, shift_t = index // kt - kb // 2, index % kt - kt // 2
+    b = tf.math.floormod(tf.range(rows)[None, :, None] - shift_b[:, None, None], rows)
+    t = tf.math.floormod(tf.range(cols)[None, None, :] - shift_t[:, None, None], cols)
+    shape = [kb * kt, rows, cols]
+    rolled = tf.gather_nd(feat, tf.stack([tf.broadcast_to(b, shape), tf.broadcast_to(t, shape)], -1))
+    negative = tf.reduce_logsumexp(pred.log_prob(rolled), 0)  # [K, B, T, feat] against the batch [B, T].
+    return pred.log_prob(feat) - negative
+
+
 def mlp(features, hidden, out, dtype):
     """Dense layers computed in `dtype`, their output in float32."""
     x = tf.cast(features, dtype)
@@ -304,11 +346,15 @@ def count_params(module):
 
 
 class WorldModel:
-    """Encoder, RSSM, image and reward (and optional continuation) heads, trained by reconstruction and KL."""
+    """Encoder, RSSM, image and reward (and optional continuation) heads, trained by KL and a representation
+    objective (c.representation): reconstruction of the images (the default), contrastive estimation of the
+    states from the images (a state model, heads["cpc"]), or the reward (and continuation) predictions only."""
 
     def __init__(self, config, image_shape, act_dim):
         self._c = config
         c = config
+        self.representation = c.representation
+        assert self.representation in ("reconstruction", "contrastive", "reward"), self.representation
         self.encoder = ConvEncoder(c.cnn_depth, c.cnn_act, name="encoder")
         self.dynamics = RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act, name="dynamics")
         self.heads = {
@@ -317,13 +363,16 @@ class WorldModel:
         }
         if c.pcont:
             self.heads["pcont"] = DenseDecoder((), 3, c.num_units, "binary", c.dense_act, name="pcont")
+        if self.representation == "contrastive":
+            feat_size = c.stoch_size + c.deter_size
+            self.heads["cpc"] = StateModel(feat_size, 3, c.num_units, c.dense_act, name="cpc")
         self.modules = [self.encoder, self.dynamics, *self.heads.values()]
         # Build every variable eagerly, before any tracing.
         embed = self.encoder(tf.zeros((1, 1, *image_shape)))
         post, _ = self.dynamics.observe(embed, tf.zeros((1, 1, act_dim)))
         feat = self.dynamics.get_feat(post)
-        for head in self.heads.values():
-            head(feat)
+        for name, head in self.heads.items():
+            head(embed if name == "cpc" else feat)
         self.variables = [v for m in self.modules for v in m.trainable_variables]
         self.optimizer = optimizer(c, "model", self.variables, c.model_lr)
 
@@ -334,11 +383,15 @@ class WorldModel:
         post, prior = self.dynamics.observe(embed, data["action"], noise=noise)
         feat = self.dynamics.get_feat(post)
         likes = {}
-        likes["image"] = tf.reduce_mean(self.heads["image"](feat).log_prob(data["image"]))
+        # Without reconstruction the image decoder still learns, for the open-loop videos, but shapes no state.
+        image_feat = feat if self.representation == "reconstruction" else tf.stop_gradient(feat)
+        likes["image"] = tf.reduce_mean(self.heads["image"](image_feat).log_prob(data["image"]))
         likes["reward"] = tf.reduce_mean(self.heads["reward"](feat).log_prob(data["reward"]))
         if c.pcont:
             target = c.discount * data["discount"]
             likes["pcont"] = c.pcont_scale * tf.reduce_mean(self.heads["pcont"](feat).log_prob(target))
+        if self.representation == "contrastive":
+            likes["cpc"] = tf.reduce_mean(self.cpc_objective(embed, feat))
         prior_dist, post_dist = self.dynamics.get_dist(prior), self.dynamics.get_dist(post)
         div = tf.reduce_mean(tfd.kl_divergence(post_dist, prior_dist))
         # Free nats clamp the KL of the global batch: no gradient while its mean over all replicas is below.
@@ -348,6 +401,15 @@ class WorldModel:
         metrics["post_ent"] = tf.reduce_mean(post_dist.entropy())
         metrics.update({f"{k}_loss": -v for k, v in likes.items()})
         return loss, post, metrics
+
+    def cpc_objective(self, embed, feat):
+        """The contrastive bound on I(s_t; o_t) per step [B, T], its negatives as TF1's config.cpc_contrast
+        (default 'window' of cpc_batch_amount=10 sequences x cpc_time_amount=30 steps) picks them."""
+        c = self._c
+        amounts = dict(
+            window=(c.get("cpc_batch_amount", 10), c.get("cpc_time_amount", 30)), batch=(None, 1), time=(1, None)
+        )
+        return contrastive_objective(self.heads["cpc"](embed), feat, *amounts[c.get("cpc_contrast", "window")])
 
     def openl(self, data):
         """Open-loop video: 5 frames observed, the rest predicted from actions; rows truth, model, error."""
@@ -373,12 +435,18 @@ class ActorCritic:
         self.actor = ActionDecoder(
             act_dim, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std, name="actor"
         )
-        self.value = DenseDecoder((), 3, c.num_units, act=c.dense_act, name="value")
+        # Only Dreamer learns a value model: no_value is the paper's ablation, whose actor maximises the imagined
+        # rewards (TF1's `actor` preset, value_head False); PlaNet plans (`planet` preset: neither head is used).
+        self.value = self.value_opt = None
+        if c.behavior == "dreamer":
+            self.value = DenseDecoder((), 3, c.num_units, act=c.dense_act, name="value")
         feat = tf.zeros((1, feat_size))
         self.actor(feat).mode()
-        self.value(feat)
+        if self.value is not None:
+            self.value(feat)
         self.actor_opt = optimizer(c, "actor", self.actor.trainable_variables, c.actor_lr)
-        self.value_opt = optimizer(c, "value", self.value.trainable_variables, c.value_lr)
+        if self.value is not None:
+            self.value_opt = optimizer(c, "value", self.value.trainable_variables, c.value_lr)
 
     def start_states(self, post):
         """Every posterior state of a batch, as a batch of start states for imagination (no gradient into them)."""
@@ -402,21 +470,75 @@ class ActorCritic:
 
     def returns(self, feat, heads):
         """λ-returns of imagined features [horizon, N, feat] from predicted rewards and values, and each step's
-        weight: the probability, under the continuation model, that the trajectory has not ended before it."""
+        weight: the probability, under the continuation model, that the trajectory has not ended before it.
+        Without a value model: the discounted returns of the imagined rewards, each step weighted 1 (TF1)."""
         c = self._c
         reward = heads["reward"](feat).mode()
         if c.pcont:
             pcont = heads["pcont"](feat).mean()
         else:
             pcont = c.discount * tf.ones_like(reward)
+        if self.value is None:
+            return discounted_return(reward, pcont), tf.ones_like(reward)
         value = self.value(feat).mode()
         returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], c.disclam, axis=0)
         weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
         return returns, weights
 
     def value_loss(self, feat, returns, weights):
+        assert self.value is not None, "behavior=no_value has no value model to train"
         value_pred = self.value(tf.stop_gradient(feat[:-1]))
         return -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
+
+
+def discounted_return(reward, pcont):
+    """R_t = r_t + pcont_t R_(t+1) over time [horizon, N], R after the horizon 0: the objective of TF1's actor
+    without a value head (training/utility.py compute_action_values: control.discounted_return, bootstrap None),
+    where the paper's eq. 4 (V_R) is the undiscounted sum. See docs/experiments.md."""
+    return tf.scan(lambda agg, cur: cur[0] + cur[1] * agg, (reward, pcont), tf.zeros_like(reward[-1]), reverse=True)
+
+
+def imagined_reward(dynamics, reward_head, start, action, noise):
+    """Sum over the horizon of the predicted reward means of action sequences [N, horizon, act] rolled out in the
+    prior from start states [N, ...] with stochastic-state noise [horizon, N, stoch]: PlaNet's objective (TF1's
+    scripts/objectives.py reward: reward(features).mean() of the prior's samples, summed over time)."""
+    states = tf.scan(lambda prev, inputs: dynamics.img_step(prev, *inputs), (swap(action), noise), start)
+    return tf.reduce_sum(tf.cast(reward_head(dynamics.get_feat(states)).mean(), tf.float32), 0)
+
+
+def cross_entropy_method(
+    dynamics,
+    reward_head,
+    latent,
+    act_dim,
+    seed,
+    candidates=1000,
+    iterations=10,
+    topk=100,
+    horizon=12,
+    low=-1.0,
+    high=1.0,
+):
+    """PlaNet's planner (TF1's control/planning.py cross_entropy_method): from each latent state [B, ...], refit a
+    diagonal Gaussian over action sequences [horizon, act_dim] (from mean 0, std 1) to the `topk` best of
+    `candidates` samples, clipped to [low, high], by imagined_reward(), `iterations` times; returns the first
+    action of the final mean [B, act_dim]. Stateless noise from `seed`; statistics in float32."""
+    batch = tf.shape(latent["deter"])[0]
+    # Candidate k of state b is row b * candidates + k (TF1's tile pairs them right only for a batch of 1).
+    start = {k: tf.repeat(v, candidates, 0) for k, v in latent.items()}
+    stoch = latent["stoch"].shape[-1]
+    mean = tf.zeros([batch, horizon, act_dim], tf.float32)
+    std = tf.ones([batch, horizon, act_dim], tf.float32)
+    for iteration_seed in tf.unstack(tf.random.split(seed, iterations)):
+        action_seed, stoch_seed = tf.unstack(tf.random.split(iteration_seed))
+        normal = tf.random.stateless_normal([batch, candidates, horizon, act_dim], action_seed)
+        action = tf.clip_by_value(mean[:, None] + std[:, None] * normal, low, high)
+        noise = tf.random.stateless_normal([horizon, batch * candidates, stoch], stoch_seed)
+        objective = imagined_reward(dynamics, reward_head, start, tf.reshape(action, [-1, horizon, act_dim]), noise)
+        _, best = tf.math.top_k(tf.reshape(objective, [batch, candidates]), topk)
+        mean, variance = tf.nn.moments(tf.gather(action, best, batch_dims=1), [1])
+        std = tf.sqrt(variance + 1e-6)
+    return mean[:, 0]
 
 
 def optimizer(config, name, variables, lr):

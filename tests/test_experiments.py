@@ -1,0 +1,272 @@
+"""The model-level pieces of the paper's other experiments: PlaNet's planner, the actor without a value model, and
+the contrastive and reward-only representations (docs/experiments.md)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dreamer
+import models
+import tools
+
+SEED = tf.constant([0, 7], tf.int64)
+ACT_DIM = 2
+
+
+def make_config(tmp_path, **extra):
+    """The debug preset (stoch 4, deter 16, units 16, cnn_depth 4, horizon 3) in float32, with the new keys."""
+    config = dreamer.parse_config(["--logdir", str(tmp_path), "--precision", "32", "--configs", "debug"])
+    config.update({"behavior": "dreamer", "representation": "reconstruction", **extra})
+    return config
+
+
+def make_data(config, batch=3, length=8, seed=0):
+    rng = np.random.RandomState(seed)
+    data = dict(
+        image=rng.randint(0, 255, (batch, length, 64, 64, 3)).astype(np.uint8),
+        action=rng.uniform(-1, 1, (batch, length, ACT_DIM)).astype(np.float32),
+        reward=rng.normal(size=(batch, length)).astype(np.float32),
+        discount=np.ones((batch, length), np.float32),
+    )
+    return tools.preprocess({k: tf.constant(v) for k, v in data.items()}, config)
+
+
+# PlaNet's planner.
+
+
+class ActionCarrier:
+    """Stand-in dynamics: the stochastic state is the last action, `deter` counts the steps, `mean` carries the
+    start state's goal. It records the batch and noise shape of every img_step call (eagerly: one per step)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def img_step(self, prev, action, noise=None):
+        self.calls.append((action.shape[0], tuple(noise.shape)))
+        return dict(mean=prev["mean"], std=prev["std"], stoch=action, deter=prev["deter"] + 1)
+
+    def get_feat(self, state):
+        return tf.concat([state["stoch"], state["mean"], state["deter"]], -1)
+
+
+class Reward:
+    """-|a - goal|^2 for the first action, -|a + goal|^2 for the later ones: only the first action is the goal."""
+
+    def __call__(self, feat):
+        action, goal, step = feat[..., :ACT_DIM], feat[..., ACT_DIM:-1], feat[..., -1]
+        target = tf.where((step == 1)[..., None], goal, -goal)
+        return tools.AttrDict(mean=lambda: -tf.reduce_sum((action - target) ** 2, -1))
+
+
+GOALS = np.array([[0.5, -0.3], [-0.7, 0.2]], np.float32)
+
+
+def start_states(goals):
+    zeros = tf.zeros([len(goals), 1])
+    return dict(mean=tf.constant(goals), std=tf.ones_like(goals), stoch=tf.zeros_like(goals), deter=zeros)
+
+
+def test_cem_finds_each_states_best_first_action_with_the_configured_budget():
+    dynamics, sizes = ActionCarrier(), dict(candidates=300, iterations=5, topk=30, horizon=4)
+    action = models.cross_entropy_method(dynamics, Reward(), start_states(GOALS), ACT_DIM, SEED, **sizes)
+    assert action.shape == (2, ACT_DIM) and action.dtype == tf.float32
+    np.testing.assert_allclose(action.numpy(), GOALS, atol=0.03)
+    # 5 iterations of 4 steps, each on 2 x 300 candidates, with noise for the (2-dim) stochastic state.
+    assert dynamics.calls == [(600, (600, ACT_DIM))] * (5 * 4)
+
+
+def test_cem_clips_candidates_to_the_action_bounds():
+    goals = np.array([[2.0, -3.0]], np.float32)  # Out of bounds: the best is the nearest corner.
+    action = models.cross_entropy_method(ActionCarrier(), Reward(), start_states(goals), ACT_DIM, SEED, 300, 10, 30, 4)
+    np.testing.assert_allclose(action.numpy(), [[1.0, -1.0]], atol=0.01)
+    np.testing.assert_array_less(np.abs(action.numpy()), 1.0 + 1e-6)
+
+
+def test_cem_is_keyed_by_the_seed_and_compiles_with_a_dynamic_batch():
+    plan = lambda latent, seed: models.cross_entropy_method(
+        ActionCarrier(), Reward(), latent, ACT_DIM, seed, 50, 2, 5, 3
+    )
+    spec = {k: tf.TensorSpec([None, v.shape[-1]], tf.float32) for k, v in start_states(GOALS).items()}
+    compiled = tf.function(plan, input_signature=[spec, tf.TensorSpec([2], tf.int64)])
+    eager = plan(start_states(GOALS), SEED).numpy()
+    np.testing.assert_array_equal(compiled(start_states(GOALS), SEED).numpy(), eager)
+    np.testing.assert_array_equal(plan(start_states(GOALS), SEED).numpy(), eager)
+    assert np.abs(plan(start_states(GOALS), SEED + 1).numpy() - eager).max() > 1e-4
+    assert compiled(start_states(GOALS[:1]), SEED).shape == (1, ACT_DIM)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_cem_plans_in_a_real_rssm(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        rssm = models.RSSM(stoch=4, deter=16, hidden=16)
+        reward = models.DenseDecoder((), 2, 16)
+        post, _ = rssm.observe(tf.random.normal([3, 2, 32]), tf.random.normal([3, 2, ACT_DIM]))
+        reward(rssm.get_feat(post))
+        latent = {k: v[:, -1] for k, v in post.items()}
+        plan = tf.function(lambda latent: models.cross_entropy_method(rssm, reward, latent, ACT_DIM, SEED, 40, 3, 4, 5))
+        action = plan(latent)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert action.shape == (3, ACT_DIM) and action.dtype == tf.float32
+    assert np.all(np.isfinite(action.numpy())) and np.all(np.abs(action.numpy()) <= 1)
+
+
+# Behaviour without a value model.
+
+
+@pytest.mark.parametrize("pcont", [False, True])
+def test_no_value_actor_objective_is_the_discounted_sum_of_imagined_rewards(tmp_path, pcont):
+    config = make_config(tmp_path, behavior="no_value", pcont=pcont)
+    wm = models.WorldModel(config, (64, 64, 3), ACT_DIM)
+    ac = models.ActorCritic(config, config.stoch_size + config.deter_size, ACT_DIM)
+    _, post, _ = wm.loss(make_data(config), SEED)
+    feat = ac.imagine_ahead(ac.start_states(post), wm.dynamics, SEED)
+    returns, weights = ac.returns(feat, wm.heads)
+    reward = wm.heads["reward"](feat).mode().numpy()
+    discount = wm.heads["pcont"](feat).mean().numpy() if pcont else np.full_like(reward, config.discount)
+    expected, later = np.zeros_like(reward), np.zeros_like(reward[0])
+    for t in reversed(range(len(reward))):  # R_t = r_t + pcont_t R_t+1, nothing after the horizon.
+        expected[t] = later = reward[t] + discount[t] * later
+    assert returns.shape == reward.shape == (config.horizon, feat.shape[1])
+    np.testing.assert_allclose(returns.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(weights.numpy(), np.ones_like(reward))
+    with tf.GradientTape() as tape:  # The objective's gradient reaches the actor through the imagined states.
+        feat = ac.imagine_ahead(ac.start_states(post), wm.dynamics, SEED)
+        loss = -tf.reduce_mean(tf.math.multiply(*ac.returns(feat, wm.heads)))
+    assert tf.linalg.global_norm(tape.gradient(loss, ac.actor.trainable_variables)).numpy() > 0
+
+
+def test_no_value_builds_no_value_model(tmp_path):
+    ac = models.ActorCritic(make_config(tmp_path, behavior="no_value"), 20, ACT_DIM)
+    assert ac.value is None and ac.value_opt is None
+    paths = [v.path for v in ac.actor.variables + ac.actor_opt.opt.variables]
+    assert paths and not [p for p in paths if "value" in p]
+    with pytest.raises(AssertionError, match="no value model"):
+        ac.value_loss(tf.zeros([3, 2, 20]), tf.zeros([2, 2]), tf.ones([2, 2]))
+    assert models.ActorCritic(make_config(tmp_path, behavior="planet"), 20, ACT_DIM).value is None
+    default = models.ActorCritic(make_config(tmp_path), 20, ACT_DIM)
+    assert default.value is not None and default.value_opt is not None
+
+
+# Representations.
+
+
+def gradients(wm, config, names):
+    """Each loss's gradients with respect to the encoder and RSSM, and to all model variables."""
+    state = wm.encoder.trainable_variables + wm.dynamics.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+        loss, post, metrics = wm.loss(make_data(config), SEED)
+    grads = {name: tape.gradient(metrics[name], state) for name in names}
+    grads["model_loss"] = tape.gradient(loss, wm.variables)
+    return grads, metrics
+
+
+def norm(grads):
+    return (
+        tf.linalg.global_norm([g for g in grads if g is not None]).numpy() if any(g is not None for g in grads) else 0
+    )
+
+
+def log_normal(x, mean, std):
+    return np.sum(-0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi), -1)
+
+
+def logsumexp(x):
+    return x.max() + np.log(np.sum(np.exp(x - x.max())))
+
+
+def cpc_loop(mean, std, feat, batch_amount, time_amount):
+    """TF1's compute_cpc_loss ('window') as a loop: the states at offsets (i, j) of each observation, cyclic."""
+    rows, cols = feat.shape[:2]
+    total = []
+    for b in range(rows):
+        for t in range(cols):
+            negatives = [
+                log_normal(feat[(b - i) % rows, (t - j) % cols], mean[b, t], std[b, t])
+                for i in range(-(batch_amount // 2), batch_amount - batch_amount // 2)
+                for j in range(-(time_amount // 2), time_amount - time_amount // 2)
+            ]
+            total.append(log_normal(feat[b, t], mean[b, t], std[b, t]) - logsumexp(np.array(negatives)))
+    return np.mean(total)
+
+
+@pytest.mark.parametrize("window", [None, (2, 3), (4, 1)])  # The default 10 x 30 clamped to the batch: all pairs.
+def test_contrastive_loss_matches_a_loop_over_positives_and_negatives(tmp_path, window):
+    config = make_config(tmp_path, representation="contrastive")
+    if window:
+        config.update(cpc_batch_amount=window[0], cpc_time_amount=window[1])
+    wm = models.WorldModel(config, (64, 64, 3), ACT_DIM)
+    data = make_data(config, batch=4, length=6)
+    _, post, metrics = wm.loss(data, SEED)
+    pred = wm.heads["cpc"](wm.encoder(data["image"])).distribution
+    mean, std = pred.loc.numpy().astype(np.float64), pred.scale.numpy().astype(np.float64)
+    feat = wm.dynamics.get_feat(post).numpy().astype(np.float64)
+    assert mean.shape == std.shape == feat.shape == (4, 6, config.stoch_size + config.deter_size)
+    expected = -cpc_loop(mean, std, feat, *(window or (4, 6)))
+    np.testing.assert_allclose(metrics["cpc_loss"].numpy(), expected, rtol=1e-5)
+    losses = sum(metrics[f"{k}_loss"] for k in ("image", "reward", "cpc"))
+    np.testing.assert_allclose(metrics["model_loss"], config.kl_scale * metrics["div"] + losses, rtol=1e-6)
+
+
+def test_contrastive_contrast_modes_batch_and_time(tmp_path):
+    config = make_config(tmp_path, representation="contrastive")
+    wm = models.WorldModel(config, (64, 64, 3), ACT_DIM)
+    data = make_data(config, batch=4, length=6)
+    embed = wm.encoder(data["image"])
+    feat = wm.dynamics.get_feat(wm.loss(data, SEED)[1])
+    pred = wm.heads["cpc"](embed).distribution
+    args = pred.loc.numpy().astype(np.float64), pred.scale.numpy().astype(np.float64), feat.numpy().astype(np.float64)
+    for contrast, window in (("batch", (4, 1)), ("time", (1, 6))):
+        config.cpc_contrast = contrast
+        objective = tf.reduce_mean(wm.cpc_objective(embed, feat)).numpy()
+        np.testing.assert_allclose(objective, cpc_loop(*args, *window), rtol=1e-5)
+
+
+def test_contrastive_head_is_a_trained_model_module(tmp_path):
+    wm = models.WorldModel(make_config(tmp_path, representation="contrastive"), (64, 64, 3), ACT_DIM)
+    head = wm.heads["cpc"]  # Checkpointed by Dreamer as cpc_head, like the other heads.
+    assert head in wm.modules and head.trainable_variables
+    assert all(any(v is w for w in wm.variables) for v in head.trainable_variables)
+    dense = lambda i, o: i * o + o  # Embedding 2 x 2 x 32 of the debug encoder; features 4 + 16.
+    assert models.count_params(head) == dense(128, 16) + 2 * dense(16, 16) + 2 * dense(16, 20)
+    assert "cpc" not in models.WorldModel(make_config(tmp_path), (64, 64, 3), ACT_DIM).heads
+
+
+def test_contrastive_shapes_the_state_and_the_image_loss_does_not(tmp_path):
+    config = make_config(tmp_path, representation="contrastive")
+    wm = models.WorldModel(config, (64, 64, 3), ACT_DIM)
+    grads, metrics = gradients(wm, config, ["cpc_loss", "image_loss", "reward_loss"])
+    encoder = len(wm.encoder.trainable_variables)
+    assert norm(grads["cpc_loss"][:encoder]) > 0 and norm(grads["cpc_loss"][encoder:]) > 0
+    assert norm(grads["image_loss"]) == 0
+    assert norm(grads["reward_loss"]) > 0
+    assert np.isfinite(metrics["image_loss"].numpy()) and metrics["image_loss"].numpy() > 0
+    image_head = {id(v) for v in wm.heads["image"].trainable_variables}
+    assert norm([g for g, v in zip(grads["model_loss"], wm.variables) if id(v) in image_head]) > 0
+
+
+@pytest.mark.parametrize("pcont", [False, True])
+def test_reward_representation_leaves_the_image_loss_out_of_the_state(tmp_path, pcont):
+    config = make_config(tmp_path, representation="reward", pcont=pcont)
+    wm = models.WorldModel(config, (64, 64, 3), ACT_DIM)
+    names = ["image_loss", "reward_loss"] + (["pcont_loss"] if pcont else [])
+    grads, metrics = gradients(wm, config, names)
+    encoder = len(wm.encoder.trainable_variables)
+    assert norm(grads["image_loss"]) == 0
+    assert norm(grads["reward_loss"][:encoder]) > 0 and norm(grads["reward_loss"][encoder:]) > 0
+    if pcont:
+        assert norm(grads["pcont_loss"]) > 0
+    assert "cpc_loss" not in metrics and "cpc" not in wm.heads
+    image_head = {id(v) for v in wm.heads["image"].trainable_variables}
+    assert norm([g for g, v in zip(grads["model_loss"], wm.variables) if id(v) in image_head]) > 0
+
+
+def test_reconstruction_image_loss_shapes_the_encoder_and_rssm(tmp_path):
+    config = make_config(tmp_path)
+    wm = models.WorldModel(config, (64, 64, 3), ACT_DIM)
+    grads, metrics = gradients(wm, config, ["image_loss"])
+    encoder = len(wm.encoder.trainable_variables)
+    assert norm(grads["image_loss"][:encoder]) > 0 and norm(grads["image_loss"][encoder:]) > 0
+    assert "cpc_loss" not in metrics
