@@ -30,9 +30,10 @@ def build(flags, strategy, batch):
 
 def weights(agent):
     """Network weights, then the optimizers' moments and iteration counts."""
-    variables = agent.world_model.variables + agent.behavior.actor.weights + agent.behavior.value.weights
-    for opt in (agent.world_model.optimizer, agent.behavior.actor_opt, agent.behavior.value_opt):
-        variables += opt.opt.variables
+    ac = agent.behavior
+    variables = agent.world_model.variables + ac.actor.weights + (ac.value.weights if ac.value else [])
+    for opt in (agent.world_model.optimizer, ac.actor_opt, ac.value_opt):
+        variables += opt.opt.variables if opt else []
     return [np.array(v.numpy(), np.float64) for v in variables]
 
 

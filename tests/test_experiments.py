@@ -1,10 +1,13 @@
 """The model-level pieces of the paper's other experiments: PlaNet's planner, the actor without a value model, and
 the contrastive and reward-only representations (docs/experiments.md)."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import GYM, run_here
 
 import dreamer
 import models
@@ -270,3 +273,51 @@ def test_reconstruction_image_loss_shapes_the_encoder_and_rssm(tmp_path):
     encoder = len(wm.encoder.trainable_variables)
     assert norm(grads["image_loss"][:encoder]) > 0 and norm(grads["image_loss"][encoder:]) > 0
     assert "cpc_loss" not in metrics
+
+
+# Each experiment end to end: a run in this process (conftest's GYM flags), resumed, evaluated.
+
+VARIANTS = dict(
+    no_value=dict(logged={"actor_loss"}, absent={"value_loss"}, variables={"actor"}, missing={"value", "cpc"}),
+    planet=dict(logged=set(), absent={"actor_loss", "value_loss"}, variables=set(), missing={"actor", "value"}),
+    contrastive=dict(logged={"cpc_loss", "value_loss"}, absent=set(), variables={"cpc_head", "value"}, missing=set()),
+    reward_only=dict(logged={"value_loss"}, absent={"cpc_loss"}, variables={"value"}, missing={"cpc"}),
+)
+
+
+@pytest.mark.parametrize("preset", list(VARIANTS))
+def test_preset_trains_resumes_and_evaluates(tmp_path, capsys, preset):
+    flags, expected = ["--configs", "debug", preset], VARIANTS[preset]
+    run_here(tmp_path, *flags, "--steps", "120")
+    resumed = run_here(tmp_path, *flags, "--steps", "160")[1]
+    assert "Loaded checkpoint" in resumed and "Prefill" not in resumed
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "test/return" in r] == [80, 120, 160]
+    keys = set().union(*rows)
+    assert {"model_loss", "image_loss", "reward_loss"} | expected["logged"] <= keys and not expected["absent"] & keys
+    names = {name.split("/")[0] for name, _ in tf.train.list_variables(str(tmp_path / "checkpoints"))}
+    assert expected["variables"] <= names and not {f"{k}" for k in expected["missing"]} & names
+    output = run_here(tmp_path, *flags, "--eval_only", "True", "--eval_episodes", "1")[1]
+    assert "Evaluated checkpoint of step 160 over 1 episodes" in output
+    config = json.loads((tmp_path / "config.json").read_text())
+    other = ["--behavior", "dreamer"] if config["behavior"] != "dreamer" else ["--representation", "reconstruction"]
+    with pytest.raises(SystemExit) as error:  # A checkpoint of one variant does not load into another.
+        dreamer.parse_config(["--logdir", str(tmp_path), *GYM, *flags, *other])
+    assert error.value.code == 2 and f"{other[0]} {config[other[0][2:]]} (not {other[1]})" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", list(VARIANTS))
+def test_preset_train_step_and_policy_in_float16(tmp_path, preset):
+    config = dreamer.parse_config(["--logdir", str(tmp_path), "--configs", "debug", preset, "--precision", "16"])
+    dreamer.setup(config)
+    try:
+        data = make_data(config)
+        agent = dreamer.Dreamer(config, None, tf.data.Dataset.from_tensors(data), (64, 64, 3), ACT_DIM, step=0)
+        for _ in range(3):
+            metrics = agent.train(data)
+        action, _ = agent({"image": np.zeros((2, 64, 64, 3), np.uint8)}, np.array([True, True]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(np.isfinite(v.numpy()) for k, v in metrics.items() if not k.endswith("grad_norm"))
+    assert all(np.isfinite(v.numpy()).all() for v in agent.world_model.variables)
+    assert action.shape == (2, ACT_DIM) and np.isfinite(action).all() and np.abs(action).max() <= 1
