@@ -544,6 +544,7 @@ class Dreamer:
             dynamics=wm.dynamics,
             **{f"{k}_head": v for k, v in wm.heads.items()},
             model_opt=wm.optimizer.opt,
+            **({"image_opt": wm.image_optimizer.opt} if wm.image_optimizer else {}),
             next_train=self.train_every.next,
             next_log=self.log_every.next,
             next_eval=self.eval_every.next,
@@ -619,8 +620,10 @@ class Dreamer:
         the step starts with: behaviour is learned from the world model before its update is applied."""
         wm, ac = self.world_model, self.behavior
         model_seed, behavior_seed = tf.unstack(tf.random.split(seed))
-        with tf.GradientTape() as model_tape:
+        with tf.GradientTape(persistent=wm.image_optimizer is not None) as model_tape:
             model_loss, post, metrics = wm.loss(data, model_seed)
+        if wm.image_optimizer:  # Its variables only feel the image loss, which shapes no state here.
+            metrics.update(wm.image_optimizer(model_tape, model_loss))
         if not ac:  # PlaNet: only the world model learns.
             metrics.update(wm.optimizer(model_tape, model_loss))
             return metrics

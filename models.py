@@ -374,7 +374,13 @@ class WorldModel:
         for name, head in self.heads.items():
             head(embed if name == "cpc" else feat)
         self.variables = [v for m in self.modules for v in m.trainable_variables]
-        self.optimizer = optimizer(c, "model", self.variables, c.model_lr)
+        # A decoder that shapes no state learns with an optimizer of its own, as TF1's heads outside gradient_heads
+        # do (scripts/configs.py, optimizers.default: lr 1e-3, clipping 1000): its large gradient would otherwise
+        # take most of the model's clipped global norm.
+        own = [] if self.representation == "reconstruction" else self.heads["image"].trainable_variables
+        shared = [v for v in self.variables if not any(v is o for o in own)]
+        self.optimizer = optimizer(c, "model", shared, c.model_lr)
+        self.image_optimizer = optimizer(c, "image", own, 1e-3, clip=1000.0) if own else None
 
     def loss(self, data, seed):
         c = self._c
@@ -541,7 +547,7 @@ def cross_entropy_method(
     return mean[:, 0]
 
 
-def optimizer(config, name, variables, lr):
+def optimizer(config, name, variables, lr, clip=None):
     c = config
     kwargs = dict(wd=c.weight_decay, wd_pattern=c.weight_decay_pattern, precision=c.precision)
-    return tools.Optimizer(name, variables, lr, eps=c.adam_eps, clip=c.grad_clip, **kwargs)
+    return tools.Optimizer(name, variables, lr, eps=c.adam_eps, clip=clip or c.grad_clip, **kwargs)

@@ -23,6 +23,9 @@ Figures
       TensorFlow (MuJoCo's Mesa EGL segfaults beside it).
   batch_ms, batch_frac_train_step  next(EpisodeStore.batches(B, T)) on synthetic saved episodes, median,
       and as a fraction of the float32 train step at the same batch (jit off).
+  train_step_s, policy_step_ms with behavior=no_value / planet  the same, float32, jit off, first batch, for
+      --behavior no_value (no value model) and planet (no actor or value; its policy step is one plan of the
+      cross-entropy method at TF1's sizes: 1000 candidates, 10 iterations, top 100, horizon 12).
   peak_rss_mib  ru_maxrss of each train child (model, optimizer, one batch, traced functions).
   deterministic_cost_{train_step,policy_step}  --deterministic True over False (TensorFlow's deterministic
       kernels), float32, jit off, first batch: step time ratio - 1 (the train children run once per value).
@@ -137,7 +140,7 @@ def make_agent(args, logdir):
 
     B, T = args.batch
     flags = ["--logdir", logdir, "--precision", args.precision, "--jit", str(args.jit)]
-    flags += ["--deterministic", str(args.deterministic)]
+    flags += ["--deterministic", str(args.deterministic), "--behavior", args.behavior or "dreamer"]
     flags += ["--batch_size", str(B), "--batch_length", str(T)]
     flags += [f"--{k}={v}" for k, v in (TINY if args.quick else DEFAULT).items()]
     config = dreamer.parse_config(flags)
@@ -294,17 +297,20 @@ def record(records, name, value, unit, stats=None, **config):
     records.append(dict(name=name, value=value, unit=unit, spread=spread_, config=config))
 
 
-def train_records(records, r, precision, jit, batch, sizes, host, args, deterministic):
+def train_records(records, r, precision, jit, batch, sizes, host, args, deterministic, behavior="dreamer"):
     cfg = dict(precision=precision, jit=jit, batch=f"{batch[0]}x{batch[1]}", sizes="tiny" if args.quick else "default")
     cfg["deterministic"] = deterministic
+    if behavior != "dreamer":
+        cfg["behavior"] = behavior
     s = r["step_s"]
     record(records, "train_step_first_s", r["first_s"], "s", **cfg)
     record(records, "train_step_s", s["median"], "s", s, **cfg)
-    count = flops(sizes, *batch)
+    count = flops(sizes, *batch)  # Dreamer's train step: the others' FLOPs are not counted.
     rate = lambda t: count / t / 1e9
     gflops = dict(min=rate(s["max"]), max=rate(s["min"]), n=s["n"])
-    record(records, "train_gflops", rate(s["median"]), "GFLOP/s", gflops, flops_per_step=count, **cfg)
-    for key in ("f32", "bf16") if host else ():
+    if behavior == "dreamer":
+        record(records, "train_gflops", rate(s["median"]), "GFLOP/s", gflops, flops_per_step=count, **cfg)
+    for key in ("f32", "bf16") if host and behavior == "dreamer" else ():
         peak = host[f"matmul_{key}_gflops"]["median"]
         record(records, f"train_frac_matmul_{key}", rate(s["median"]) / peak, "fraction", matmul_gflops=peak, **cfg)
     if "policy_ms" in r:
@@ -383,9 +389,25 @@ def main(args):
                     if result:
                         train[(precision, jit, batch, deterministic)] = result
                     failed += not result
+    variants = {}
+    for behavior in args.behaviors:  # The paper's other experiments beside Dreamer: float32, jit off, first batch.
+        B, T = args.batches[0]
+        argv = ["--worker", "train", "--precision", "32", "--jit", "False", "--batch", f"{B}x{T}"]
+        argv += [
+            "--timed",
+            str(args.timed),
+            "--policy",
+            str(min(args.policy, 10) if behavior == "planet" else args.policy),
+        ]
+        result = run_child(argv + ["--deterministic", "False", "--behavior", behavior], args)
+        if result:
+            variants[behavior] = result
+        failed += not result
     records = []
     for (precision, jit, batch, deterministic), r in train.items():
         train_records(records, r, precision, jit, batch, sizes, host, args, deterministic)
+    for behavior, r in variants.items():
+        train_records(records, r, "32", False, args.batches[0], sizes, host, args, False, behavior)
     other_records(records, host, env, train, args)
     tf_version = (host or next(iter(train.values()), {}) or {}).get("tf")
     info = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), commit=commit(), quick=args.quick)
@@ -413,12 +435,14 @@ def parse_args(argv=None):
     parser.add_argument("--timed", type=int, default=None, help="timed train calls after a warm-up (default 5)")
     parser.add_argument("--policy", type=int, default=100, help="timed policy calls")
     parser.add_argument("--env_steps", type=int, default=None, help="agent steps per env figure (default 300)")
+    parser.add_argument("--behaviors", default="no_value,planet", help="--behavior values measured beside dreamer")
     # Internal: child processes.
     parser.add_argument("--worker", choices=("train", "host", "env"), help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=("32", "bf16", "16"), help=argparse.SUPPRESS)
     parser.add_argument("--jit", help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=batch, help=argparse.SUPPRESS)
+    parser.add_argument("--behavior", choices=("dreamer", "no_value", "planet"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     internal = [flag for flag in ("precision", "jit", "batch", "deterministic") if getattr(args, flag) is not None]
     if internal and not args.worker:  # E.g. --precision 16 would measure the default precisions.
@@ -426,6 +450,10 @@ def parse_args(argv=None):
         fix = f"use {instead[internal[0]]}" if internal[0] in instead else "32 is measured both ways by itself"
         parser.error(f"--{internal[0]} is the measuring children's; {fix}")
     args.precisions = args.precisions.split(",")
+    args.behaviors = [b for b in args.behaviors.split(",") if b]
+    for b in args.behaviors:
+        if b not in ("no_value", "planet"):
+            parser.error(f"--behaviors: unknown behavior {b!r}; use no_value and/or planet")
     for p in args.precisions:
         if p not in ("32", "bf16", "16"):
             parser.error(f"--precisions: unknown precision {p!r}; use 32, bf16 or 16")
