@@ -473,7 +473,8 @@ def mismatch_problem(config, skip=()):
 
 
 class Dreamer:
-    """World model and actor-critic, with one compiled policy and one compiled train step, and the run's
+    """World model and behaviour (actor and value model, or PlaNet's planner), with one compiled policy and one
+    compiled train step, and the run's
     schedules (train, log, evaluate: tools.Every, in the checkpoint). The run loop trains it; its policy only acts.
 
     Under a tf.distribute `strategy` the train step runs on every replica with its share of each batch of
@@ -507,6 +508,7 @@ class Dreamer:
                 print(f"Found {sum(models.count_params(m) for m in group)} {name} parameters.")
         self.train_every, self.log_every = tools.Every(c.train_every), tools.Every(c.log_every)
         self.eval_every = tools.Every(c.eval_every)
+        self.evaluated = tf.Variable(-1, dtype=tf.int64, trainable=False)  # Env step of the last evaluation.
         latent = self.world_model.dynamics.initial(1)
         state_spec = (
             {k: tf.TensorSpec([None, v.shape[-1]], v.dtype) for k, v in latent.items()},
@@ -535,7 +537,7 @@ class Dreamer:
             self.train = tf.function(self._train, input_signature=[dataset.element_spec], jit_compile=c.jit)
         self.handshake = cluster.Handshake(self.strategy)
         self._checkpoint = tf.train.Checkpoint(**self._trackables())
-        self._manager = None  # Made after load(), which may drop corrupt checkpoints from the rotation.
+        self._manager = None  # Made after load(), which may move corrupt checkpoints out of the rotation.
 
     def _trackables(self):
         wm, ac = self.world_model, self.behavior
@@ -548,6 +550,7 @@ class Dreamer:
             next_train=self.train_every.next,
             next_log=self.log_every.next,
             next_eval=self.eval_every.next,
+            last_eval=self.evaluated,
         )
         if ac:
             trackables.update(actor=ac.actor, actor_opt=ac.actor_opt.opt)
@@ -687,12 +690,8 @@ class Dreamer:
     def save(self):
         if self._saved == self.step:  # Nothing changes between two calls at one env step (e.g. a stop after a test).
             return
-        directory = self._c.logdir / "checkpoints"
         if self._manager is None:
-            self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=2)
-        if list(directory.glob(f"ckpt-{self.step}.*")) and f"ckpt-{self.step}" not in self._kept():
-            print(f"Not saving over the corrupt checkpoint ckpt-{self.step}, which stays on disk.", flush=True)
-            return
+            self._manager = tf.train.CheckpointManager(self._checkpoint, self._c.logdir / "checkpoints", 2)
         if self._logger:  # Scalars not yet written, for the line a resumed run writes next.
             pending = self._c.logdir / "checkpoints" / "pending.json"
             pending.parent.mkdir(parents=True, exist_ok=True)
@@ -701,14 +700,12 @@ class Dreamer:
         self._saved = self.step
         print(f"Saved checkpoint {path}.", flush=True)
 
-    def _kept(self):
-        return [pathlib.Path(p).name for p in self._manager.checkpoints]
-
     def load(self, resume=False):
         """Restore the newest checkpoint that reads back whole, if any; returns its env step or None.
 
-        Newer ones that do not (disk trouble, a copy interrupted half way) are reported and left on disk. With
-        `resume` the rotation forgets them, so that it keeps two intact checkpoints beside them.
+        Newer ones that do not (disk trouble, a copy interrupted half way) are reported and left as they are; with
+        `resume` they are moved to checkpoints/corrupt/, out of the rotation that keeps two intact checkpoints and
+        of the way of the resumed run's checkpoints.
         """
         directory = self._c.logdir / "checkpoints"
         state = tf.train.get_checkpoint_state(directory)
@@ -717,7 +714,7 @@ class Dreamer:
             problem = unreadable(path)
             if not problem:
                 break
-            print(f"Skipping corrupt checkpoint {path} ({problem}); it stays on disk.", flush=True)
+            print(f"Skipping corrupt checkpoint {path} ({problem}).", flush=True)
             corrupt.append(f"{path} ({problem})")
         else:
             if not paths:
@@ -729,8 +726,9 @@ class Dreamer:
         step = int(path.rsplit("-", 1)[-1])
         checkpoint = self._checkpoint
         legacy = not any(name.startswith("next_eval/") for name, _ in tf.train.list_variables(path))
-        if legacy:  # Saved before the evaluation schedule was: the next evaluation falls on its grid after `step`.
-            checkpoint = tf.train.Checkpoint(**{k: v for k, v in self._trackables().items() if k != "next_eval"})
+        if legacy:  # Saved before the evaluation schedule was: evaluated at `step`, the next one on its grid.
+            schedule = ("next_eval", "last_eval")
+            checkpoint = tf.train.Checkpoint(**{k: v for k, v in self._trackables().items() if k not in schedule})
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
@@ -740,10 +738,9 @@ class Dreamer:
             )
         if legacy:
             self.eval_every.done(step)
-        if resume and corrupt:  # The rotation of the CheckpointManager made in save() reads this list.
-            kept = paths.index(path) + 1
-            stamps = list(state.all_model_checkpoint_timestamps)[:kept] or None
-            tf.compat.v1.train.update_checkpoint_state(str(directory), path, paths[:kept], None, stamps)
+            self.evaluated.assign(step)
+        if resume and corrupt:
+            self._move_aside(directory, state, paths[paths.index(path) + 1 :])
         print(f"Loaded checkpoint {path}.", flush=True)
         pending = self._c.logdir / "checkpoints" / "pending.json"
         if self._logger and pending.exists():
@@ -751,6 +748,18 @@ class Dreamer:
             if saved["step"] == step:
                 self._logger.pending = saved["scalars"]
         return step
+
+    def _move_aside(self, directory, state, bad):
+        """Corrupt checkpoints to checkpoints/corrupt/, the list the CheckpointManager rotates without them."""
+        (directory / "corrupt").mkdir(exist_ok=True)
+        for path in bad:
+            for file in directory.glob(f"{pathlib.Path(path).name}.*"):
+                file.rename(directory / "corrupt" / file.name)
+            print(f"Moved the corrupt checkpoint {path} to {directory / 'corrupt'}.", flush=True)
+        kept = len(state.all_model_checkpoint_paths) - len(bad)
+        names = [pathlib.Path(p).name for p in state.all_model_checkpoint_paths[:kept]]
+        stamps = list(state.all_model_checkpoint_timestamps)[:kept] or None
+        tf.compat.v1.train.update_checkpoint_state(str(directory), names[-1], names, None, stamps)
 
     def openl(self, episodes):
         """Open-loop predictions for up to 6 episodes: truth, model and error rows, as uint8 video."""
@@ -934,16 +943,17 @@ def run(config, agent, train_envs, test_envs):
 def loop(config, agent, train_envs, test_envs):
     """From where the checkpoint and the episodes on disk are: train when due; evaluate when due, then save; collect
     to the next evaluation, training whenever due. At --steps the episodes under way end, and the run evaluates."""
-    if agent.step >= config.steps and not agent.eval_every.due(agent.step):
+    if agent.step >= config.steps and not evaluation_due(config, agent):
         print(f"Already {agent.step} of --steps {config.steps} env steps: raise --steps to train on.", flush=True)
         return
-    sim, resumed = None, not agent.eval_every.due(agent.step)
+    sim, resumed = None, not evaluation_due(config, agent)
     while True:
         train_when_due(agent)  # Before a test episode too: an evaluation at env step S sees every update due by S.
-        if agent.eval_every.due(agent.step):
+        if evaluation_due(config, agent):
             print("Start evaluation.", flush=True)
             test(config, agent, test_envs, episodes=1)
             agent.eval_every.done(agent.step)
+            agent.evaluated.assign(agent.step)
             agent.save()
         if agent.step >= config.steps:
             return
@@ -959,7 +969,11 @@ def loop(config, agent, train_envs, test_envs):
             return
         if agent.step >= config.steps:  # Only complete episodes are saved: at most one past --steps.
             sim = collect(config, agent, train_envs, sim, episodes=int((~sim.done).sum()))
-            agent.eval_every.next.assign(agent.step)  # The last evaluation falls there.
+
+
+def evaluation_due(config, agent):
+    """Evaluations fall on multiples of --eval_every (the first at the end of the prefill) and once at --steps."""
+    return agent.eval_every.due(agent.step) or agent.step >= config.steps > int(agent.evaluated.numpy())
 
 
 def train_when_due(agent):
@@ -978,18 +992,23 @@ def collect(config, agent, envs, sim, steps=0, episodes=0):
         agent.step += len(reset) * config.action_repeat
         return action, state
 
-    # Training episodes start from (seed, env, the agent's env step): the same after a resume at that step.
-    seed = lambda index, _: tools.keyed_seed(config.seed, 0, index, agent.step)
     steps, stop = -(-steps // config.action_repeat), STOP if steps else None
+    seed = reset_seed(config, agent)
     sim = simulate(policy, envs, steps, episodes, sim, seed, stop, on_step=lambda: train_when_due(agent))
     disk = tools.count_steps(config.logdir / "episodes", config.action_repeat)
     agent.step = disk + config.action_repeat * int(sim.length.sum())
     return sim
 
 
+def reset_seed(config, agent):
+    """Training episodes start from (seed, env, the agent's env step): the same after a resume at that step."""
+    return lambda index, _: tools.keyed_seed(config.seed, 0, index, agent.step)
+
+
 def test(config, agent, envs, episodes):
-    """Test episodes with the actor's mode, their resets and noise keyed by the agent's env step."""
-    seed = lambda index, calls: tools.keyed_seed(config.seed, 1, agent.step, index, calls)
+    """Test episodes without exploration (the actor's mode, or PlaNet's plan), their resets and noise keyed by the
+    agent's env step (and the step within the call, for all but the first)."""
+    seed = lambda index, step: tools.keyed_seed(config.seed, 1, agent.step, index, step)
     simulate(functools.partial(agent, training=False), envs, episodes=episodes, reset_seed=seed)
 
 
@@ -1035,7 +1054,7 @@ def random_episodes(config, envs, start, steps):
     print(f"Prefill dataset with {steps} steps.", flush=True)
     datadir = config.logdir / "episodes"
     agent = RandomAgent(envs[0].action_space, config.seed, start, config.action_repeat)
-    seed = lambda index, _: tools.keyed_seed(config.seed, 0, index, agent.step)
+    seed = reset_seed(config, agent)
     sim = simulate(agent, envs, steps // config.action_repeat, reset_seed=seed, stop=STOP)
     if sim.stopped:
         return True

@@ -1,5 +1,6 @@
 import json
 import shutil
+import types
 
 import keras
 import numpy as np
@@ -560,6 +561,29 @@ def test_run_killed_between_evaluations_resumes_on_their_schedule(trained_run, t
     assert "Loaded checkpoint" in output and "ckpt-160" in output
     assert "Resumed at env step 200: collecting 40 steps before the next evaluation." in output
     assert [r["step"] for r in metrics(logdir)[logged:] if "test/return" in r] == [240, 320]
+
+
+def test_evaluations_fall_on_the_grid_and_once_at_steps():
+    config = tools.AttrDict(steps=1000)
+    agent = types.SimpleNamespace(step=0, eval_every=tools.Every(400), evaluated=tf.Variable(-1, dtype=tf.int64))
+
+    def due(step):
+        agent.step = step
+        return dreamer.evaluation_due(config, agent)
+
+    def evaluate(step):
+        agent.eval_every.done(step)
+        agent.evaluated.assign(step)
+
+    assert due(450)  # The end of the prefill.
+    evaluate(450)
+    assert not due(799) and due(800)
+    evaluate(800)
+    # --steps 1000 is off the grid: the last evaluation is due once the run is there, however it got there (a
+    # checkpoint saved in the episodes under way at --steps, say), and not again.
+    assert not due(999) and due(1040)
+    evaluate(1040)
+    assert not due(1040) and not due(1100)
 
 
 def test_checkpoint_without_the_evaluation_schedule_resumes(trained_run, tmp_path):

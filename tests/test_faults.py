@@ -73,18 +73,20 @@ def test_corrupt_checkpoint_is_skipped_and_kept(trained_run, tmp_path):
     output = run_here(logdir, "--steps", "320")[1]
     assert f"Skipping corrupt checkpoint {directory}/ckpt-240 (IndexError: Read less bytes" in output
     assert f"Loaded checkpoint {directory}/ckpt-160." in output and "Training for 1 steps." in output
-    # The checkpoint of 160 had not evaluated 240: its weights there are evaluated again, but not saved over it.
-    assert "Not saving over the corrupt checkpoint ckpt-240, which stays on disk." in output
+    assert f"Moved the corrupt checkpoint {directory}/ckpt-240 to {directory}/corrupt." in output
+    # The checkpoint of 160 had not evaluated 240: the weights it resumes with are evaluated there again.
     assert evaluated_steps(logdir) == [80, 160, 240, 240, 320]
-    assert newest.read_bytes() == corrupt  # Left as it was, and out of the rotation that keeps two intact ones.
+    kept = directory / "corrupt" / newest.name
+    assert kept.read_bytes() == corrupt  # As it was, out of the rotation and of the way of the new ckpt-240.
     state = tf.train.get_checkpoint_state(directory).all_model_checkpoint_paths
-    assert [p.rsplit("/", 1)[1] for p in state] == ["ckpt-160", "ckpt-320"]
+    assert [p.rsplit("/", 1)[1] for p in state] == ["ckpt-240", "ckpt-320"]
+    assert str(directory) not in (directory / "checkpoint").read_text()  # Relative: the run folder may be moved.
     # None of them reads back: --eval_only (as training) exits 2 naming them.
     for path in directory.glob("ckpt-*.data-*"):
         path.write_bytes(b"")
     code, output = run_here(logdir, "--eval_only", "True", check=False)
     assert code == 2 and f"error: no checkpoint in {directory} reads back whole" in output
-    assert "ckpt-160 (" in output and "ckpt-320 (" in output and "Traceback" not in output
+    assert "ckpt-240 (" in output and "ckpt-320 (" in output and "Traceback" not in output
     assert not (logdir / "eval.jsonl").exists()
 
 
