@@ -66,7 +66,7 @@ def test_mirrored_step_equals_single_device_step(tmp_path, variant):
     assert output.returncode == 0, output.stderr[-3000:]
     result = json.loads(output.stdout.strip().splitlines()[-1])
     assert result["replica_batches"] == [2, 2]
-    assert result["metrics"]["model_grad_norm"] > 2  # Above --grad_clip 1: clipping shapes this step.
+    assert result["metrics"]["model_grad_norm"] > 1.2  # Above --grad_clip 1: clipping shapes this step.
     assert result["change"] > 1e-3  # The step moved the weights...
     assert result["difference"] < 1e-5  # ...the same way on both.
     for key in ("model_loss", "div", "actor_loss", "value_loss", "model_grad_norm"):
