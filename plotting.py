@@ -706,11 +706,13 @@ def write_aggregates(args, runs, curves, outdir):
 
 def beside(runs, curves, labels=(), tasks=None):
     """The runs and then the curves of tasks (all without tasks), methods renamed by labels and those of curves
-    suffixed " (reference)" as in the table, so that a run named like the paper's method ("dreamer") stays apart.
-    Renaming before grouping lets several methods that map to one label pool their seeds."""
+    suffixed " (reference)" as in the table, so that a run named like the paper's method ("dreamer") stays apart
+    (unless a label names them). Renaming before grouping lets several methods that map to one label pool their
+    seeds."""
     curves = [curve for curve in curves if tasks is None or curve["task"] in tasks]
     runs = [dict(run, method=rename(run["method"], labels)) for run in runs]
-    return runs + [dict(curve, method=rename(curve["method"], labels) + " (reference)") for curve in curves]
+    named = lambda method: rename(method, labels) if rename(method, labels) != method else f"{method} (reference)"
+    return runs + [dict(curve, method=named(curve["method"])) for curve in curves]
 
 
 def main(argv=None):
