@@ -319,12 +319,14 @@ def parse(parser, argv):
     return config
 
 
-def default_precision(logdir):
-    """The precision of the run in logdir, else 16 on GPUs (where float16 pays) and 32 on CPUs (where it did not)."""
+def default_precision(logdir, gpus=None):
+    """The precision of the run in logdir, else 16 on GPUs (where float16 pays) and 32 on CPUs (where it did not).
+    `gpus`: those TensorFlow sees, unless given."""
     saved = saved_config(logdir).get("precision")
     if saved in FLAGS["precision"][2]:
         return saved
-    return "16" if tf.config.list_physical_devices("GPU") else "32"
+    gpus = tf.config.list_physical_devices("GPU") if gpus is None else gpus
+    return "16" if gpus else "32"
 
 
 def saved_config(logdir):

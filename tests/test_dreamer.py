@@ -621,15 +621,14 @@ def test_resume_in_float16_of_a_float32_run_is_refused(trained_run, capsys):
     assert (logdir / "config.json").read_text() == config
 
 
-def test_precision_defaults_to_the_runs_then_to_the_device(tmp_path, monkeypatch):
+def test_precision_defaults_to_the_runs_then_to_the_device(tmp_path):
     flags = lambda logdir: ["--logdir", str(logdir), "--task", "dmc_walker_walk"]
     assert dreamer.parse_config(flags(tmp_path / "new")).precision == "32"  # No GPU here.
     (tmp_path / "config.json").write_text(json.dumps({"precision": "bf16"}))
     assert dreamer.parse_config(flags(tmp_path)).precision == "bf16"
     assert dreamer.parse_config(flags(tmp_path) + ["--precision", "32"]).precision == "32"
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["gpu"] if kind == "GPU" else [])
-    assert dreamer.parse_config(flags(tmp_path / "new")).precision == "16"
-    assert dreamer.parse_config(flags(tmp_path)).precision == "bf16"
+    assert dreamer.default_precision(tmp_path / "new", gpus=["a GPU"]) == "16"
+    assert dreamer.default_precision(tmp_path, gpus=["a GPU"]) == "bf16"
 
 
 def test_flags_its_checkpoint_refuses_are_not_saved_as_the_runs(trained_run, tmp_path):
