@@ -873,7 +873,7 @@ def save_config(config):
 
 
 def lock_logdir(logdir):
-    """An OS lock on the logdir for as long as this process lives (the kernel drops it even on kill -9)."""
+    """An OS lock on the logdir until the returned file closes (the kernel drops it even on kill -9)."""
     logdir.mkdir(parents=True, exist_ok=True)
     lock = (logdir / "lock").open("a+")
     try:
@@ -900,8 +900,7 @@ def train(config, strategy=None, start=lambda go: None):
         build = functools.partial(Dreamer, config, None, step=0, strategy=strategy)
         return cluster.serve(config, strategy, build, saved_config)
     datadir = config.logdir / "episodes"
-    with environments(config, "train", "test") as (train_envs, test_envs):
-        lock = lock_logdir(config.logdir)  # noqa: F841 (held until the process ends)
+    with environments(config, "train", "test") as (train_envs, test_envs), lock_logdir(config.logdir):
         if not tf.train.get_checkpoint_state(config.logdir / "checkpoints"):  # Else once its checkpoint took the flags.
             save_config(config)
         with contextlib.closing(
