@@ -727,10 +727,10 @@ class Dreamer:
             )
         step = int(path.rsplit("-", 1)[-1])
         checkpoint = self._checkpoint
-        legacy = not any(name.startswith("next_eval/") for name, _ in tf.train.list_variables(path))
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        legacy = {"next_eval", "last_eval"} - saved
         if legacy:  # Saved before the evaluation schedule was: evaluated at `step`, the next one on its grid.
-            schedule = ("next_eval", "last_eval")
-            checkpoint = tf.train.Checkpoint(**{k: v for k, v in self._trackables().items() if k not in schedule})
+            checkpoint = tf.train.Checkpoint(**{k: v for k, v in self._trackables().items() if k not in legacy})
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
@@ -738,8 +738,9 @@ class Dreamer:
                 f"checkpoint {path} does not fit this run ({str(e).splitlines()[0][:300]}). Use the flags it "
                 f"was trained with (see {self._c.logdir / 'config.json'}), or a new --logdir."
             )
-        if legacy:
+        if "next_eval" in legacy:
             self.eval_every.done(step)
+        if "last_eval" in legacy:
             self.evaluated.assign(step)
         if resume and corrupt:
             self._move_aside(directory, state, paths[paths.index(path) + 1 :])
