@@ -30,9 +30,12 @@ def build(flags, strategy, batch):
 
 def weights(agent):
     """Network weights, then the optimizers' moments and iteration counts."""
-    ac = agent.behavior
-    variables = agent.world_model.variables + ac.actor.weights + (ac.value.weights if ac.value else [])
-    for opt in (agent.world_model.optimizer, ac.actor_opt, ac.value_opt):
+    ac, variables = agent.behavior, agent.world_model.variables
+    optimizers = [agent.world_model.optimizer, agent.world_model.image_optimizer]
+    if ac:  # None under PlaNet's planner.
+        variables += ac.actor.weights + (ac.value.weights if ac.value else [])
+        optimizers += [ac.actor_opt, ac.value_opt]
+    for opt in optimizers:
         variables += opt.opt.variables if opt else []
     return [np.array(v.numpy(), np.float64) for v in variables]
 

@@ -56,22 +56,39 @@ def test_global_batch_must_split_evenly(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("variant", [[], ["--configs", "debug", "no_value", "reward_only"]])
+VARIANTS = {
+    "dreamer": [],
+    "no_value_reward_only": ["--configs", "debug", "no_value", "reward_only"],
+    "planet": ["--configs", "debug", "planet"],
+    "contrastive": ["--configs", "debug", "contrastive"],
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_mirrored_step_equals_single_device_step(tmp_path, variant):
     """Global batch 4 on 2 logical CPU devices vs on one: the same update, with gradient clipping active
-    (the model's gradient norm is far above 1) and weight decay on; also without a value model, from rewards."""
-    flags = [*SMALL, *variant, "--free_nats", "0", "--grad_clip", "1", "--weight_decay", "1e-4"]
+    (the model's gradient norm is far above 1) and weight decay on; also without a value model, from rewards, and
+    under PlaNet's planner. The contrastive bound takes its negatives from each replica's share, so there only the
+    other losses agree."""
+    flags = [*SMALL, *VARIANTS[variant], "--free_nats", "0", "--grad_clip", "1", "--weight_decay", "1e-4"]
     command = [sys.executable, str(ROOT / "tests" / "distributed_step.py"), str(tmp_path), *flags]
     output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert output.returncode == 0, output.stderr[-3000:]
     result = json.loads(output.stdout.strip().splitlines()[-1])
+    metrics, other = result["metrics"], result["other_metrics"]
     assert result["replica_batches"] == [2, 2]
-    assert result["metrics"]["model_grad_norm"] > 1.2  # Above --grad_clip 1: clipping shapes this step.
+    assert metrics["model_grad_norm"] > 1.2  # Above --grad_clip 1: clipping shapes this step.
     assert result["change"] > 1e-3  # The step moved the weights...
+    if variant == "contrastive":
+        assert other["cpc_loss"] != pytest.approx(metrics["cpc_loss"], rel=1e-3)  # Fewer negatives per replica.
+        for key in ("image_loss", "reward_loss", "div"):
+            assert other[key] == pytest.approx(metrics[key], rel=1e-5)
+        return
     assert result["difference"] < 1e-5  # ...the same way on both.
-    for key in ("model_loss", "div", "actor_loss", "value_loss", "model_grad_norm"):
-        if key in result["metrics"] or not variant:
-            assert result["other_metrics"][key] == pytest.approx(result["metrics"][key], rel=1e-5)
+    expected = {"dreamer": ("model_loss", "div", "actor_loss", "value_loss", "model_grad_norm")}
+    for key in expected.get(variant, ("model_loss", "div", "model_grad_norm")):
+        assert other[key] == pytest.approx(metrics[key], rel=1e-5)
+    assert ("actor_loss" in metrics) == (variant != "planet")
 
 
 def free_ports(count):
