@@ -30,7 +30,7 @@ def build(flags, strategy, batch):
 
 def weights(agent):
     """Network weights, then the optimizers' moments and iteration counts."""
-    ac, variables = agent.behavior, agent.world_model.variables
+    ac, variables = agent.behavior, list(agent.world_model.variables)
     optimizers = [agent.world_model.optimizer, agent.world_model.image_optimizer]
     if ac:  # None under PlaNet's planner.
         variables += ac.actor.weights + (ac.value.weights if ac.value else [])
