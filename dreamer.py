@@ -67,7 +67,7 @@ PRESETS = dict(
     reward_only=dict(representation="reward"),
     # The CPU learning check (benchmarks/learning.sh): half-width networks, 16-sequence batches.
     cpu_check=dict(
-        task="dmc_cartpole_balance",
+        task="dmc_walker_stand",
         steps=int(1e6),
         cnn_depth=16,
         num_units=200,
@@ -76,6 +76,7 @@ PRESETS = dict(
         eval_every=5000,
         log_every=5000,
         log_images=False,
+        eval_episodes=5,
     ),
 )
 
@@ -100,7 +101,7 @@ FLAGS = dict(
         "env steps (frames, action repeat included) to train for: collection stops there, finishing "
         "the episode under way, and the run evaluates once at the end",
     ),
-    eval_every=(int(1e4), "env steps between evaluations (one test episode, then a checkpoint)"),
+    eval_every=(int(1e4), "env steps between evaluations (--eval_episodes test episodes, then a checkpoint)"),
     log_every=(int(1e3), "env steps between lines of scalars in metrics.jsonl and TensorBoard"),
     log_scalars=(True, "log the train step's losses, entropies and gradient norms"),
     log_images=(True, "log open-loop video predictions and test episode videos to TensorBoard"),
@@ -232,7 +233,11 @@ FLAGS = dict(
         False,
         "only evaluate the latest checkpoint of --logdir: writes eval.jsonl and eval/ videos, changes nothing else",
     ),
-    eval_episodes=(10, "test episodes of an --eval_only run"),
+    eval_episodes=(
+        1,
+        "test episodes of each evaluation (the paper's: 1; their mean is test/return, their spread test/return_std, "
+        "min and max) and of an --eval_only run",
+    ),
 )
 
 # Flags a run is bound to: they shape the networks or their inputs, or (action_repeat) how the env steps of its
@@ -799,14 +804,29 @@ def process_episode(config, logger, mode, datadir, episode):
 
 
 def _process_episode(config, logger, mode, datadir, episode):
-    if mode == "train":
-        tools.save_episodes(datadir, [episode])
+    tools.save_episodes(datadir, [episode])
     step = tools.count_steps(datadir, config.action_repeat)
     ret, length = summarize(config, episode)
     print(f"{mode.title()} episode of length {length} with return {ret:.1f}.", flush=True)
-    scalars = {f"{mode}/return": ret, f"{mode}/length": length, "episodes": tools.count_episodes(datadir)}
-    videos = {f"sim/{mode}/video": episode["image"][None]} if mode == "test" and config.log_images else {}
-    logger.log(step, scalars, videos)
+    logger.log(step, {f"{mode}/return": ret, f"{mode}/length": length, "episodes": tools.count_episodes(datadir)})
+
+
+def evaluation(config, logger, datadir, envs, episodes, agent):
+    """The --eval_episodes test episodes of an evaluation (`envs` hand them to `episodes`), logged as one line: their
+    mean return and length, and with several episodes the return's spread."""
+    episodes.clear()
+    test(config, agent, envs, config.eval_episodes)
+    with STOP.interruptible(False):
+        returns, lengths = zip(*(summarize(config, e) for e in episodes[: config.eval_episodes]))
+        for ret, length in zip(returns, lengths):
+            print(f"Test episode of length {length} with return {ret:.1f}.", flush=True)
+        scalars = {"test/return": float(np.mean(returns)), "test/length": float(np.mean(lengths))}
+        if len(returns) > 1:
+            scalars.update({"test/return_std": float(np.std(returns)), "test/return_min": min(returns)})
+            scalars.update({"test/return_max": max(returns), "test/episodes": len(returns)})
+        scalars["episodes"] = tools.count_episodes(datadir)
+        videos = {"sim/test/video": episodes[0]["image"][None]} if config.log_images else {}
+        logger.log(tools.count_steps(datadir, config.action_repeat), scalars, videos)
 
 
 def make_envs(config, mode):
@@ -909,7 +929,9 @@ def train(config, strategy=None, start=lambda go: None):
         ) as logger:
             episode = functools.partial(process_episode, config, logger)
             train_envs = record(config, train_envs, [functools.partial(episode, "train", datadir)])
-            test_envs = record(config, test_envs, [functools.partial(episode, "test", datadir)])
+            tests = []
+            test_envs = record(config, test_envs, [tests.append])
+            evaluate_now = functools.partial(evaluation, config, logger, datadir, test_envs, tests)
             store = prefill(config, train_envs)
             if store is None:
                 return
@@ -920,16 +942,16 @@ def train(config, strategy=None, start=lambda go: None):
             agent = make_agent(config, train_envs[0], logger, dataset, strategy, step)
             agent.load(resume=True)
             save_config(config)
-            failed = run(config, agent, train_envs, test_envs)
+            failed = run(config, agent, train_envs, evaluate_now)
     cluster.leave(agent)
     if failed:
         sys.exit(failed)
 
 
-def run(config, agent, train_envs, test_envs):
+def run(config, agent, train_envs, evaluate_now):
     """The loop, saving a checkpoint however it ends; the message of a run whose environment gave up, or None."""
     try:
-        loop(config, agent, train_envs, test_envs)
+        loop(config, agent, train_envs, evaluate_now)
     except KeyboardInterrupt:
         print("Interrupted: saving a checkpoint before exiting.", flush=True)
         agent.save()
@@ -942,7 +964,7 @@ def run(config, agent, train_envs, test_envs):
     return None
 
 
-def loop(config, agent, train_envs, test_envs):
+def loop(config, agent, train_envs, evaluate_now):
     """From where the checkpoint and the episodes on disk are: train when due; evaluate when due, then save; collect
     to the next evaluation, training whenever due. At --steps the episodes under way end, and the run evaluates."""
     if agent.step >= config.steps and not evaluation_due(config, agent):
@@ -953,7 +975,7 @@ def loop(config, agent, train_envs, test_envs):
         train_when_due(agent)  # Before a test episode too: an evaluation at env step S sees every update due by S.
         if evaluation_due(config, agent):
             print("Start evaluation.", flush=True)
-            test(config, agent, test_envs, episodes=1)
+            evaluate_now(agent)
             agent.eval_every.done(agent.step)
             agent.evaluated.assign(agent.step)
             agent.save()

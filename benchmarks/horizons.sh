@@ -3,14 +3,14 @@
 # (imagination horizon --horizon for the first two, planning horizon --plan_horizon for PlaNet), each at the
 # cpu_check scale for a wall-time budget, then the curves side by side and a table.
 #
-#   benchmarks/horizons.sh [task=dmc_cartpole_balance] [minutes per run=95] [horizons="5 15 25"] [seed=0] [flags...]
+#   benchmarks/horizons.sh [task=dmc_walker_stand] [minutes per run=95] [horizons="5 15 25"] [seed=0] [flags...]
 #
 # Runs go to ./logdir/<task>/<method>-h<horizon>/<seed> one after another; each is stopped cleanly at its budget
 # (SIGTERM: it finishes the episode under way and checkpoints), and the same command resumes all of them. The
 # figure and table land in ./plots/horizons/ (plotting.py: curves.png, curves.md and the aggregates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-task="${1:-dmc_cartpole_balance}"
+task="${1:-dmc_walker_stand}"
 minutes="${2:-95}"
 horizons="${3:-5 15 25}"
 seed="${4:-0}"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The CPU learning check: Dreamer on dmc_cartpole_balance with half-width networks and 16-sequence
-# batches (the paper's algorithm and defaults otherwise), stopped cleanly after a wall-time budget.
+# The CPU learning check: Dreamer on dmc_walker_stand with half-width networks, 16-sequence batches and five
+# test episodes per evaluation (the paper's algorithm and defaults otherwise), stopped cleanly after a wall-time budget.
 #
 #   benchmarks/learning.sh [seed=0] [minutes=95] [extra dreamer.py flags...]
 #
-# The run goes to ./logdir/dmc_cartpole_balance/dreamer-<precision>/<seed> (or $LOGDIR). At the budget
+# The run goes to ./logdir/dmc_walker_stand/dreamer-<precision>/<seed> (or $LOGDIR). At the budget
 # it gets SIGTERM, finishes the episode under way, writes a checkpoint and exits; running the same command
 # again resumes it. A stop can wait for a train burst, an episode and an evaluation's burst (over 10 minutes on a
 # slow 2-core host), hence the long grace before SIGKILL.
@@ -18,7 +18,7 @@ for ((i = 1; i <= $#; i++)); do
   if [[ "${!i}" == --precision ]]; then j=$((i + 1)); precision="${!j}"; fi
   if [[ "${!i}" == --precision=* ]]; then precision="${!i#--precision=}"; fi
 done
-logdir="${LOGDIR:-./logdir/dmc_cartpole_balance/dreamer-${precision}/${seed}}"
+logdir="${LOGDIR:-./logdir/dmc_walker_stand/dreamer-${precision}/${seed}}"
 echo "Learning check: seed ${seed}, ${minutes} minutes, logdir ${logdir}."
 status=0
 # The run's own exit status: 0 also when the budget's SIGTERM stopped it cleanly (checkpoint written), not when
@@ -37,12 +37,13 @@ for line in lines:
         pass
 tests = [r for r in rows if "test/return" in r]
 start = rows[0]["time"] if rows else 0
-print("env steps | test return | wall minutes")
+print("env steps | test return (± std over its episodes) | wall minutes")
 for r in tests:
-    print(f"{r['step']:>9} | {r['test/return']:>11.1f} | {(r['time'] - start) / 60:>12.1f}")
-late = [r["test/return"] for r in tests if 50000 <= r["step"] <= 100000]
+    spread = f" ± {r['test/return_std']:.1f}" if "test/return_std" in r else ""
+    print(f"{r['step']:>9} | {r['test/return']:>11.1f}{spread:>8} | {(r['time'] - start) / 60:>12.1f}")
+late = [r["test/return"] for r in tests if 25000 <= r["step"] <= 50000]
 if late:
-    print(f"Mean test return from 50k to 100k env steps: {sum(late) / len(late):.1f} over {len(late)} evaluations.")
+    print(f"Mean test return from 25k to 50k env steps: {sum(late) / len(late):.1f} over {len(late)} evaluations.")
 if tests:
     last = [r["test/return"] for r in tests[-5:]]
     print(f"Env steps reached: {max(r['step'] for r in rows)}; mean of the last 5 evaluations: {sum(last) / len(last):.1f}.")

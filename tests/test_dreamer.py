@@ -499,7 +499,12 @@ def test_flag_table_is_generated_from_the_flags():
 def test_configs_apply_presets_in_order_and_flags_win(tmp_path):
     argv = ["--logdir", str(tmp_path), "--configs", "cpu_check", "debug", "--batch_size", "5"]
     config = dreamer.parse_config(argv)
-    assert config.task == "dmc_cartpole_balance" and config.steps == 10**6 and config.log_images is False  # cpu_check
+    assert (
+        config.task == "dmc_walker_stand"
+        and config.steps == 10**6
+        and config.eval_episodes == 5
+        and config.log_images is False
+    )  # cpu_check
     assert config.num_units == 16 and config.eval_every == 400  # debug, after cpu_check
     assert config.batch_size == 5 and config.configs == ["cpu_check", "debug"]
     assert config.action_dist == "tanh_normal" and config.expl == "additive_gaussian"  # auto, continuous actions
