@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import ticker
-from rliable import metrics
+from rliable import library, metrics
 
 SCORES = pathlib.Path(__file__).resolve().parent / "scores"  # The paper's published scores, in the repository.
 
@@ -330,15 +330,18 @@ def score_matrix(runs, step, max_score=1000.0):
 
 
 def bootstrap(scores, func, reps=2000, seed=0, size=0.95):
-    """func(scores) and its percentile confidence interval (rows lower, upper) over a stratified bootstrap: each
-    resample redraws every task's seeds with replacement from that task's seeds, so the tasks stay fixed.
+    """func(scores) and its percentile confidence interval (rows lower, upper) by rliable's stratified bootstrap
+    (get_interval_estimates): each resample redraws every task's seeds with replacement, so the tasks stay fixed.
 
-    These are the draws and the interval of rliable.library.get_interval_estimates (after np.random.seed(seed)); that
-    module itself does not import beside pandas 3, as the arch < 8 it needs does not."""
-    rng = np.random.RandomState(seed)  # Its stream is frozen across NumPy versions: the same numbers every time.
-    tasks = np.arange(scores.shape[1])
-    stats = [func(scores[rng.choice(len(scores), scores.shape), tasks]) for _ in range(reps)]
-    return func(scores), np.percentile(stats, [50 * (1 - size), 50 * (1 + size)], axis=0)
+    rliable draws from NumPy's global random state (its random_state argument does not reach the draws), so it is
+    seeded here and restored after: the same numbers every time, as the legacy stream is frozen across versions."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        point, interval = library.get_interval_estimates({"": scores}, func, reps=reps, confidence_interval_size=size)
+    finally:
+        np.random.set_state(state)
+    return point[""], interval[""]
 
 
 AGGREGATES = ("IQM", "median", "mean")
