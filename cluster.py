@@ -103,11 +103,8 @@ class Start:
 
 def digest(agent):
     """A fingerprint of all network weights, to check that workers agree."""
-    behavior = agent.behavior
-    weights = agent.world_model.variables + (behavior.actor.weights if behavior else [])
-    weights += behavior.value.weights if behavior and behavior.value else []
     digest = hashlib.sha256()
-    for weight in weights:
+    for weight in (w for module in agent.modules.values() for w in module.weights):
         digest.update(np.asarray(weight.numpy()).tobytes())
     return f"weights sha256 {digest.hexdigest()[:16]}"
 
@@ -119,26 +116,27 @@ def lost(who, error):
     )
 
 
-def leave(agent):
+def leave(trainer):
     """Chief, at the end of its run: stop the other workers and leave with them."""
-    if not agent.handshake.active:
+    if not trainer.handshake.active:
         return
     try:
-        agent.handshake.release()
-        print(f"Chief: stopped the other workers; {digest(agent)}.", flush=True)
-        agent.handshake(False)  # Leave together: a worker that exits first looks crashed to the chief.
+        trainer.handshake.release()
+        print(f"Chief: stopped the other workers; {digest(trainer.agent)}.", flush=True)
+        trainer.handshake(False)  # Leave together: a worker that exits first looks crashed to the chief.
     except ERRORS as e:
         sys.exit(lost("the chief", e))
 
 
-def serve(config, strategy, make_agent, saved_config):
+def serve(config, strategy, make_trainer, saved_config):
     """A non-chief worker: trains with the chief on the shared episode folder and writes nothing; its variables
-    start from the chief's latest checkpoint. `make_agent(dataset, image_shape, act_dim)` builds the agent,
+    start from the chief's latest checkpoint. `make_trainer(dataset, image_shape, act_dim)` builds the agent and
+    its trainer,
     `saved_config(logdir)` reads the chief's config.json (dreamer.saved_config)."""
     resolver = strategy.cluster_resolver
     name = f"{resolver.task_type} {resolver.task_id}"
     try:
-        train_with_chief(config, strategy, make_agent, saved_config, name)
+        train_with_chief(config, strategy, make_trainer, saved_config, name)
     except ERRORS as e:
         sys.exit(lost(f"worker {name}", e))
     except KeyboardInterrupt:  # Not a success: a scheduler that restarts failed hosts restarts this one too.
@@ -146,7 +144,7 @@ def serve(config, strategy, make_agent, saved_config):
         sys.exit(1)
 
 
-def train_with_chief(config, strategy, make_agent, saved_config, name):
+def train_with_chief(config, strategy, make_trainer, saved_config, name):
     datadir = config.logdir / "episodes"
     print(f"Worker {name}: waiting for the chief's prefill in {datadir}.", flush=True)
     if not Handshake(strategy)(False):  # The chief's Start.
@@ -172,11 +170,11 @@ def train_with_chief(config, strategy, make_agent, saved_config, name):
     if config.task.startswith("gym_"):  # The chief learned them from the environment (see discrete_actions).
         saved = saved_config(config.logdir)
         config.action_dist, config.expl = saved["action_dist"], saved["expl"]
-    agent = make_agent(tools.make_dataset(store, config), image_shape, act_dim)
-    agent.load()
+    trainer = make_trainer(tools.make_dataset(store, config), image_shape, act_dim)
+    trainer.load()
     steps = 0
-    while agent.handshake(False):
-        agent.train(next(agent.batches))
+    while trainer.handshake(False):
+        trainer.agent.train(next(trainer.batches))
         steps += 1
-    print(f"Worker {name}: the chief stopped after {steps} train steps together; {digest(agent)}.", flush=True)
-    agent.handshake(False)  # Leave with the chief.
+    print(f"Worker {name}: the chief stopped after {steps} train steps together; {digest(trainer.agent)}.", flush=True)
+    trainer.handshake(False)  # Leave with the chief.

@@ -346,15 +346,11 @@ def count_params(module):
 
 
 class WorldModel:
-    """Encoder, RSSM, image and reward (and optional continuation) heads, trained by KL and a representation
-    objective (c.representation): reconstruction of the images (the default), contrastive estimation of the
-    states from the images (a state model, heads["cpc"]), or the reward (and continuation) predictions only."""
+    """Encoder, RSSM, image and reward (and optional continuation) heads, trained by the KL and the terms of a
+    representation objective (REPRESENTATIONS[c.representation]), which may add heads of its own."""
 
     def __init__(self, config, image_shape, act_dim):
-        self._c = config
-        c = config
-        self.representation = c.representation
-        assert self.representation in ("reconstruction", "contrastive", "reward"), self.representation
+        self._c = c = config
         self.encoder = ConvEncoder(c.cnn_depth, c.cnn_act, name="encoder")
         self.dynamics = RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act, name="dynamics")
         self.heads = {
@@ -363,24 +359,25 @@ class WorldModel:
         }
         if c.pcont:
             self.heads["pcont"] = DenseDecoder((), 3, c.num_units, "binary", c.dense_act, name="pcont")
-        if self.representation == "contrastive":
-            feat_size = c.stoch_size + c.deter_size
-            self.heads["cpc"] = StateModel(feat_size, 3, c.num_units, c.dense_act, name="cpc")
-        self.modules = [self.encoder, self.dynamics, *self.heads.values()]
+        self.objective = REPRESENTATIONS[c.representation](c, c.stoch_size + c.deter_size, act_dim)
+        self.modules = dict(encoder=self.encoder, dynamics=self.dynamics)
+        self.modules.update({f"{k}_head": v for k, v in {**self.heads, **self.objective.heads}.items()})
         # Build every variable eagerly, before any tracing.
         embed = self.encoder(tf.zeros((1, 1, *image_shape)))
         post, _ = self.dynamics.observe(embed, tf.zeros((1, 1, act_dim)))
         feat = self.dynamics.get_feat(post)
-        for name, head in self.heads.items():
-            head(embed if name == "cpc" else feat)
-        self.variables = [v for m in self.modules for v in m.trainable_variables]
+        for head in self.heads.values():
+            head(feat)
+        self.objective.likes(embed, feat, dict(action=tf.zeros((1, 1, act_dim))))
+        self.variables = [v for m in self.modules.values() for v in m.trainable_variables]
         # A decoder that shapes no state learns with an optimizer of its own, as TF1's heads outside gradient_heads
         # do (scripts/configs.py, optimizers.default: lr 1e-3, clipping 1000): its large gradient would otherwise
         # take most of the model's clipped global norm.
-        own = [] if self.representation == "reconstruction" else self.heads["image"].trainable_variables
+        own = [] if self.objective.decoder_shapes_state else self.heads["image"].trainable_variables
         shared = [v for v in self.variables if not any(v is o for o in own)]
-        self.optimizer = optimizer(c, "model", shared, c.model_lr)
-        self.image_optimizer = optimizer(c, "image", own, 1e-3, clip=1000.0) if own else None
+        self.optimizers = dict(model_opt=optimizer(c, "model", shared, c.model_lr))
+        if own:
+            self.optimizers["image_opt"] = optimizer(c, "image", own, 1e-3, clip=1000.0)
 
     def loss(self, data, seed):
         c = self._c
@@ -390,14 +387,13 @@ class WorldModel:
         feat = self.dynamics.get_feat(post)
         likes = {}
         # Without reconstruction the image decoder still learns, for the open-loop videos, but shapes no state.
-        image_feat = feat if self.representation == "reconstruction" else tf.stop_gradient(feat)
+        image_feat = feat if self.objective.decoder_shapes_state else tf.stop_gradient(feat)
         likes["image"] = tf.reduce_mean(self.heads["image"](image_feat).log_prob(data["image"]))
         likes["reward"] = tf.reduce_mean(self.heads["reward"](feat).log_prob(data["reward"]))
         if c.pcont:
             target = c.discount * data["discount"]
             likes["pcont"] = c.pcont_scale * tf.reduce_mean(self.heads["pcont"](feat).log_prob(target))
-        if self.representation == "contrastive":
-            likes["cpc"] = tf.reduce_mean(self.cpc_objective(embed, feat))
+        likes.update(self.objective.likes(embed, feat, data))
         prior_dist, post_dist = self.dynamics.get_dist(prior), self.dynamics.get_dist(post)
         div = tf.reduce_mean(tfd.kl_divergence(post_dist, prior_dist))
         # Free nats clamp the KL of the global batch: no gradient while its mean over all replicas is below.
@@ -408,14 +404,12 @@ class WorldModel:
         metrics.update({f"{k}_loss": -v for k, v in likes.items()})
         return loss, post, metrics
 
-    def cpc_objective(self, embed, feat):
-        """The contrastive bound on I(s_t; o_t) per step [B, T], its negatives as TF1's config.cpc_contrast
-        (default 'window' of cpc_batch_amount=10 sequences x cpc_time_amount=30 steps) picks them."""
-        c = self._c
-        amounts = dict(
-            window=(c.get("cpc_batch_amount", 10), c.get("cpc_time_amount", 30)), batch=(None, 1), time=(1, None)
-        )
-        return contrastive_objective(self.heads["cpc"](embed), feat, *amounts[c.get("cpc_contrast", "window")])
+    def train(self, tape, loss):
+        """Applies the gradients of `loss`, recorded on `tape`, to the model's variables; their metrics."""
+        metrics = {}
+        for opt in self.optimizers.values():  # An image_opt's variables only feel the image loss.
+            metrics.update(opt(tape, loss))
+        return metrics
 
     def openl(self, data):
         """Open-loop video: 5 frames observed, the rest predicted from actions; rows truth, model, error."""
@@ -432,27 +426,118 @@ class WorldModel:
         return tf.clip_by_value(tf.concat([truth, model, error], 2), 0.0, 1.0)
 
 
-class ActorCritic:
-    """Actor and value model learned from imagined rollouts of the world model."""
+# Representation objectives: what, besides the KL, shapes the encoder and RSSM. Each is a class in
+# REPRESENTATIONS, made with (config, feat_size, act_dim), with
+#   flags: {name: (default, help[, choices])}, its settings, added to configs.py's flags;
+#   heads: {name: layer}, networks of its own (checkpointed as <name>_head);
+#   decoder_shapes_state: whether the image decoder's gradient reaches the state (else it learns on
+#     stop-gradient features with an optimizer of its own, for the open-loop videos);
+#   likes(embed, feat, data) -> {name: log-likelihood}, its terms of the model's objective (maximised; logged
+#     as <name>_loss, negated); called once at build time on a batch of one.
+# See docs/extending.md.
+
+
+class Reconstruction:
+    """reconstruction: the image decoder's likelihood shapes the state (the paper's)."""
+
+    flags = {}
+    decoder_shapes_state = True
 
     def __init__(self, config, feat_size, act_dim):
+        self.heads = {}
+
+    def likes(self, embed, feat, data):
+        return {}
+
+    @staticmethod
+    def problem(config):
+        """What is wrong with the flags for this objective, or ''."""
+        return ""
+
+
+class RewardOnly(Reconstruction):
+    """reward: only the reward (and continuation) predictions shape the state (TF1's gradient_heads=[reward])."""
+
+    decoder_shapes_state = False
+
+
+class Contrastive(RewardOnly):
+    """contrastive: a state model q(s_t | o_t) against the batch's other states (the paper's J_NCE; TF1's cpc_head
+    with gradient_heads=[reward, cpc])."""
+
+    flags = dict(
+        cpc_contrast=(
+            "window",
+            "contrastive: the negatives of each state: window (--cpc_batch_amount sequences x --cpc_time_amount "
+            "steps around it), batch (every sequence, the same step) or time (every step, the same sequence)",
+            ("window", "batch", "time"),
+        ),
+        cpc_batch_amount=(10, "contrastive, window: sequences of the negatives' window (clamped to the batch)"),
+        cpc_time_amount=(30, "contrastive, window: steps of the negatives' window (clamped to --batch_length)"),
+    )
+
+    def __init__(self, config, feat_size, act_dim):
+        c = self._c = config
+        self.heads = {"cpc": StateModel(feat_size, 3, c.num_units, c.dense_act, name="cpc")}
+
+    def likes(self, embed, feat, data):
+        """The contrastive bound on I(s_t; o_t), its negatives as TF1's config.cpc_contrast picks them."""
+        c = self._c
+        amounts = dict(window=(c.cpc_batch_amount, c.cpc_time_amount), batch=(None, 1), time=(1, None))
+        bound = contrastive_objective(self.heads["cpc"](embed), feat, *amounts[c.cpc_contrast])
+        return {"cpc": tf.reduce_mean(bound)}
+
+    @staticmethod
+    def problem(config):
+        for key in ("cpc_batch_amount", "cpc_time_amount"):
+            if config[key] <= 0:
+                return f"argument --{key}: must be positive, got {config[key]}"
+        return ""
+
+
+# Behaviours: how actions are chosen and learned. Each is a class in BEHAVIORS, made with (config, world_model,
+# act_dim) inside the strategy's scope, with
+#   flags: {name: (default, help[, choices])}, its settings, added to configs.py's flags;
+#   discrete: whether it can act in discrete action spaces (one-hot actions);
+#   modules, optimizers: {name: layer}, {name: tools.Optimizer}, what it checkpoints under these names;
+#   policy(latent, training, seed) -> action [B, act_dim], from the RSSM's filtered state (training: sample,
+#     else the deterministic action of test episodes), with stateless noise from `seed`;
+#   train(post, seed) -> metrics: learns from the world model's posterior states [B, T] and applies its updates,
+#     before the world model's own update (its gradients are taken at the weights the step starts with); `seed`
+#     is the train step's stateless seed, whose split(seed)[0] the world model draws from.
+# See docs/extending.md.
+
+
+class ImaginedActor:
+    """An actor learned by backpropagating `returns()` of imagined trajectories through the dynamics."""
+
+    flags = {}
+    discrete = True
+
+    def __init__(self, config, world_model, act_dim):
         self._c = c = config
-        self._act_dim = act_dim
+        self._wm, self._act_dim = world_model, act_dim
         self.actor = ActionDecoder(
             act_dim, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std, name="actor"
         )
-        # Only Dreamer learns a value model: no_value is the paper's ablation, whose actor maximises the imagined
-        # rewards (TF1's `actor` preset, value_head False); PlaNet plans (`planet` preset: neither head is used).
-        self.value = self.value_opt = None
-        if c.behavior == "dreamer":
-            self.value = DenseDecoder((), 3, c.num_units, act=c.dense_act, name="value")
-        feat = tf.zeros((1, feat_size))
-        self.actor(feat).mode()
-        if self.value is not None:
-            self.value(feat)
-        self.actor_opt = optimizer(c, "actor", self.actor.trainable_variables, c.actor_lr)
-        if self.value is not None:
-            self.value_opt = optimizer(c, "value", self.value.trainable_variables, c.value_lr)
+        self.actor(tf.zeros((1, c.stoch_size + c.deter_size))).mode()
+        self.modules = dict(actor=self.actor)
+
+    def policy(self, latent, training, seed):
+        dist = self.actor(self._wm.dynamics.get_feat(latent))
+        return tf.cond(training, lambda: dist.sample(seed=seed), lambda: dist.mode(seed=seed))
+
+    def train(self, post, seed):
+        imagine_seed, entropy_seed = tf.random.split(seed)[1], tf.random.experimental.stateless_fold_in(seed, 1)
+        with tf.GradientTape() as actor_tape:
+            feat = self.imagine_ahead(self.start_states(post), imagine_seed)
+            returns, weights = self.returns(feat)
+            actor_loss = -tf.reduce_mean(weights * returns)
+        metrics = dict(actor_loss=actor_loss, **self.learn_value(feat, returns, weights))
+        metrics.update(self.optimizers["actor_opt"](actor_tape, actor_loss))
+        feat = tf.stop_gradient(self._wm.dynamics.get_feat(post))
+        metrics["action_ent"] = tf.reduce_mean(self.actor(feat).entropy(seed=entropy_seed))
+        return metrics
 
     def start_states(self, post):
         """Every posterior state of a batch, as a batch of start states for imagination (no gradient into them)."""
@@ -460,9 +545,9 @@ class ActorCritic:
             post = {k: v[:, :-1] for k, v in post.items()}
         return {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]])) for k, v in post.items()}
 
-    def imagine_ahead(self, start, dynamics, seed):
+    def imagine_ahead(self, start, seed):
         """Roll the prior `horizon` steps from every start state with actions sampled from the actor."""
-        c, rows = self._c, tf.shape(start["deter"])[0]
+        c, rows, dynamics = self._c, tf.shape(start["deter"])[0], self._wm.dynamics
         act_seed, stoch_seed = tf.unstack(tf.random.split(seed))
         act_noise = tools.replica_noise(act_seed, [rows, c.horizon, self._act_dim], self.actor.noise)
         stoch_noise = tools.replica_noise(stoch_seed, [rows, c.horizon, c.stoch_size])
@@ -474,27 +559,106 @@ class ActorCritic:
         states = tf.scan(step, (swap(act_noise), swap(stoch_noise)), start)
         return dynamics.get_feat(states)
 
-    def returns(self, feat, heads):
-        """λ-returns of imagined features [horizon, N, feat] from predicted rewards and values, and each step's
-        weight: the probability, under the continuation model, that the trajectory has not ended before it.
-        Without a value model: the discounted returns of the imagined rewards, each step weighted 1 (TF1)."""
-        c = self._c
+    def continuation(self, feat):
+        """Predicted rewards of imagined features [horizon, N, feat] and their discounts (continuation model)."""
+        c, heads = self._c, self._wm.heads
         reward = heads["reward"](feat).mode()
-        if c.pcont:
-            pcont = heads["pcont"](feat).mean()
-        else:
-            pcont = c.discount * tf.ones_like(reward)
-        if self.value is None:
-            return discounted_return(reward, pcont), tf.ones_like(reward)
+        pcont = heads["pcont"](feat).mean() if c.pcont else c.discount * tf.ones_like(reward)
+        return reward, pcont
+
+    def returns(self, feat):
+        """The actor's objective at each imagined step [horizon - 1 or horizon, N], and each step's weight."""
+        raise NotImplementedError
+
+    def learn_value(self, feat, returns, weights):
+        """Updates of what `returns` bootstraps from; their metrics."""
+        return {}
+
+    @staticmethod
+    def problem(config):
+        """What is wrong with the flags for this behaviour, or ''."""
+        return ""
+
+
+class ActorCritic(ImaginedActor):
+    """dreamer: an actor and a value model learned in imagination, the actor maximising λ-returns (the paper's)."""
+
+    def __init__(self, config, world_model, act_dim):
+        super().__init__(config, world_model, act_dim)
+        c = config
+        self.value = DenseDecoder((), 3, c.num_units, act=c.dense_act, name="value")
+        self.value(tf.zeros((1, c.stoch_size + c.deter_size)))
+        self.modules["value"] = self.value
+        self.optimizers = dict(actor_opt=optimizer(c, "actor", self.actor.trainable_variables, c.actor_lr))
+        self.optimizers["value_opt"] = optimizer(c, "value", self.value.trainable_variables, c.value_lr)
+
+    def returns(self, feat):
+        """λ-returns of imagined features [horizon, N, feat] from predicted rewards and values, and each step's
+        weight: the probability, under the continuation model, that the trajectory has not ended before it."""
+        reward, pcont = self.continuation(feat)
         value = self.value(feat).mode()
-        returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], c.disclam, axis=0)
+        returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], self._c.disclam, axis=0)
         weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
         return returns, weights
 
+    def learn_value(self, feat, returns, weights):
+        with tf.GradientTape() as value_tape:
+            value_loss = self.value_loss(feat, returns, weights)
+        return dict(value_loss=value_loss, **self.optimizers["value_opt"](value_tape, value_loss))
+
     def value_loss(self, feat, returns, weights):
-        assert self.value is not None, "behavior=no_value has no value model to train"
         value_pred = self.value(tf.stop_gradient(feat[:-1]))
         return -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
+
+
+class NoValue(ImaginedActor):
+    """no_value: the actor maximises the imagined rewards within --horizon; no value model (TF1's `actor` preset)."""
+
+    def __init__(self, config, world_model, act_dim):
+        super().__init__(config, world_model, act_dim)
+        self.optimizers = dict(actor_opt=optimizer(config, "actor", self.actor.trainable_variables, config.actor_lr))
+
+    def returns(self, feat):
+        """The discounted returns of the imagined rewards, each step weighted 1 (TF1)."""
+        reward, pcont = self.continuation(feat)
+        return discounted_return(reward, pcont), tf.ones_like(reward)
+
+
+class Planet:
+    """planet: PlaNet's online planner, the cross-entropy method over action sequences in the learned dynamics; no
+    actor or value (TF1's `planet` preset)."""
+
+    flags = dict(
+        plan_horizon=(12, "planet: steps of each planned action sequence"),
+        cem_candidates=(1000, "planet: action sequences drawn at each refit"),
+        cem_iterations=(10, "planet: refits of the action sequences' Gaussian per action"),
+        cem_topk=(100, "planet: the best sequences each refit is fitted to"),
+    )
+    discrete = False
+
+    def __init__(self, config, world_model, act_dim):
+        self._c, self._wm, self._act_dim = config, world_model, act_dim
+        self.modules, self.optimizers = {}, {}
+
+    def policy(self, latent, training, seed):
+        """The first action of the best action sequence the cross-entropy method finds from `latent`."""
+        c, wm = self._c, self._wm
+        sizes = dict(candidates=c.cem_candidates, iterations=c.cem_iterations, topk=c.cem_topk, horizon=c.plan_horizon)
+        return cross_entropy_method(wm.dynamics, wm.heads["reward"], latent, self._act_dim, seed, **sizes)
+
+    def train(self, post, seed):
+        return {}
+
+    @staticmethod
+    def problem(config):
+        for key in Planet.flags:
+            if config[key] <= 0:
+                return f"argument --{key}: must be positive, got {config[key]}"
+        if config.cem_topk > config.cem_candidates:
+            return (
+                f"argument --cem_topk: {config.cem_topk} of --cem_candidates {config.cem_candidates}; use at most that"
+            )
+        return ""
 
 
 def discounted_return(reward, pcont):
@@ -551,3 +715,8 @@ def optimizer(config, name, variables, lr, clip=None):
     c = config
     kwargs = dict(wd=c.weight_decay, wd_pattern=c.weight_decay_pattern, precision=c.precision)
     return tools.Optimizer(name, variables, lr, eps=c.adam_eps, clip=clip or c.grad_clip, **kwargs)
+
+
+# The registries: --behavior and --representation pick from them; docs/extending.md adds to them.
+BEHAVIORS = dict(dreamer=ActorCritic, no_value=NoValue, planet=Planet)
+REPRESENTATIONS = dict(reconstruction=Reconstruction, contrastive=Contrastive, reward=RewardOnly)

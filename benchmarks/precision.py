@@ -33,15 +33,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
+import tensorflow as tf
+
+import configs
 import dreamer  # Imports TensorFlow: the environments run in worker processes.
 import tools
 import wrappers
 
-keras, tf = dreamer.keras, dreamer.tf
-
 TINY = dict(cnn_depth=4, num_units=16, deter_size=16, stoch_size=4, batch_size=4, batch_length=16)
 # The learning check's widths: --configs cpu_check (benchmarks/learning.sh) over the defaults.
-CPU_CHECK = {**dreamer.define_config(), **dreamer.PRESETS["cpu_check"]}
+CPU_CHECK = {**configs.define_config(), **configs.PRESETS["cpu_check"]}
 HALF = {k: CPU_CHECK[k] for k in TINY}
 POLICIES = {"32": "float32", "16": "mixed_float16", "bf16": "mixed_bfloat16"}
 SHOWN = (
@@ -83,8 +85,8 @@ def build(config, precision, example, act_dim, weights=None):
     config = tools.AttrDict(config, precision=precision, seed=config.seed + twin)
     keras.mixed_precision.set_global_policy(POLICIES[precision])
     dataset = tf.data.Dataset.from_tensors(example)
-    agent = dreamer.Dreamer(config, None, dataset, example["image"].shape[2:], act_dim, 0)
-    variables = agent.world_model.variables + agent.behavior.actor.weights + agent.behavior.value.weights
+    agent = dreamer.Dreamer(config, dataset, example["image"].shape[2:], act_dim)
+    variables = [v for module in agent.modules.values() for v in module.weights]
     if weights is not None:
         for variable, value in zip(variables, weights, strict=True):
             variable.assign(value)
@@ -138,7 +140,7 @@ def main():
     print(f"Sizes: {sizes}; precisions {', '.join(precisions)}; {args.steps} steps.", flush=True)
 
     collect(args.episodes, args.seed, args.num_episodes)
-    config = tools.AttrDict(dreamer.define_config())
+    config = tools.AttrDict(configs.define_config())
     config.update(sizes, seed=args.seed, log_images=False, logdir=pathlib.Path("/nonexistent"))
     config.update(action_dist="tanh_normal", expl="additive_gaussian")  # What auto picks for cartpole.
     store = tools.EpisodeStore(args.episodes, seed=args.seed)

@@ -101,17 +101,6 @@ def flops(sizes, B, T, act_dim=ACT_DIM, horizon=15):
 # Workers (children). Only train/host import TensorFlow; env never does.
 
 
-class NullLogger:
-    def scalar(self, name, value):
-        pass
-
-    def video(self, name, value):
-        pass
-
-    def write(self, step, fps=False):
-        pass
-
-
 def timed(fn, n):
     times = []
     for _ in range(n):
@@ -134,7 +123,9 @@ def peak_rss_mib():
 def make_agent(args, logdir):
     import tensorflow as tf
 
+    import configs
     import dreamer
+    import runtime
     import tools
     from data import random_batch
 
@@ -143,11 +134,11 @@ def make_agent(args, logdir):
     flags += ["--deterministic", str(args.deterministic), "--behavior", args.behavior or "dreamer"]
     flags += ["--batch_size", str(B), "--batch_length", str(T)]
     flags += [f"--{k}={v}" for k, v in (TINY if args.quick else DEFAULT).items()]
-    config = dreamer.parse_config(flags)
-    dreamer.setup(config)
+    config = configs.parse_config(flags)
+    runtime.setup(config)
     data = random_batch(B, T, ACT_DIM, image=IMAGE)
     dataset = tf.data.Dataset.from_tensors(data).repeat().map(lambda x: tools.preprocess(x, config))
-    agent = dreamer.Dreamer(config, NullLogger(), dataset, IMAGE, ACT_DIM, step=0)
+    agent = dreamer.Dreamer(config, dataset, IMAGE, ACT_DIM)
     return agent, next(iter(dataset))
 
 

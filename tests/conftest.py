@@ -27,20 +27,22 @@ GYM = GYM.split()
 def run_here(logdir, *flags, check=True):
     """dreamer.py's run in this process, as its main() runs it but for the stop signals' handlers (the GYM flags
     first, then `flags`); returns (exit code, what it printed)."""
-    import dreamer  # Not at the top: test_wrappers.py renders in processes that never import TensorFlow.
+    import configs  # Not at the top: test_wrappers.py renders in processes that never import TensorFlow.
+    import dreamer
+    import runtime
 
     output, code = io.StringIO(), 0
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         try:
-            config = dreamer.parse_config(["--logdir", str(logdir), *GYM, *flags])
-            dreamer.setup(config)
-            dreamer.STOP.signals = 0
+            config = configs.parse_config(["--logdir", str(logdir), *GYM, *flags])
+            runtime.setup(config)
+            runtime.STOP.signals = 0
             dreamer.evaluate(config) if config.eval_only else dreamer.train(config)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
             print(e.code if isinstance(e.code, str) else "", file=sys.stderr)
         finally:
-            dreamer.STOP.signals = 0
+            runtime.STOP.signals = 0
     if check and code:
         raise AssertionError(f"the run exited with {code}:\n{output.getvalue()[-5000:]}")
     return code, output.getvalue()
@@ -103,3 +105,14 @@ def assert_same_run(first, second):
     assert ours.keys() == theirs.keys()
     for name in ours:
         np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def checkpoint_keys(directory):
+    """The names of the objects the newest checkpoint in `directory` holds (its root's children)."""
+    import tensorflow as tf  # Not at the top: test_wrappers.py renders in processes that never import it.
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(directory))
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return {child.local_name for child in graph.nodes[0].children} - {"save_counter"}

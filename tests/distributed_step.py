@@ -15,7 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
+import configs  # noqa: E402
 import dreamer  # noqa: E402
+import runtime  # noqa: E402
 import tools  # noqa: E402
 from data import random_batch  # noqa: E402
 
@@ -23,42 +25,38 @@ ACT_DIM, IMAGE = 2, (64, 64, 3)
 
 
 def build(flags, strategy, batch):
-    config = dreamer.parse_config(flags)
+    config = configs.parse_config(flags)
     dataset = tf.data.Dataset.from_tensors(batch).repeat().map(lambda x: tools.preprocess(x, config))
-    return dreamer.Dreamer(config, None, dataset, IMAGE, ACT_DIM, 0, strategy)
+    return dreamer.Trainer(config, dreamer.Dreamer(config, dataset, IMAGE, ACT_DIM, strategy), dataset=dataset)
 
 
 def weights(agent):
     """Network weights, then the optimizers' moments and iteration counts."""
-    ac, variables = agent.behavior, list(agent.world_model.variables)
-    optimizers = [agent.world_model.optimizer, agent.world_model.image_optimizer]
-    if ac:  # None under PlaNet's planner.
-        variables += ac.actor.weights + (ac.value.weights if ac.value else [])
-        optimizers += [ac.actor_opt, ac.value_opt]
-    for opt in optimizers:
-        variables += opt.opt.variables if opt else []
+    variables = [v for module in agent.modules.values() for v in module.weights]
+    for opt in agent.optimizers.values():
+        variables += opt.opt.variables
     return [np.array(v.numpy(), np.float64) for v in variables]
 
 
 def main():
     flags = ["--logdir", sys.argv[1], *sys.argv[2:]]
-    mirrored_config = dreamer.parse_config([*flags, "--strategy", "mirrored", "--replicas", "2"])
-    mirrored = dreamer.setup(mirrored_config)  # Splits the CPU into 2 logical devices first.
+    mirrored_config = configs.parse_config([*flags, "--strategy", "mirrored", "--replicas", "2"])
+    mirrored = runtime.setup(mirrored_config)  # Splits the CPU into 2 logical devices first.
     assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
-    config = dreamer.parse_config(flags)
+    config = configs.parse_config(flags)
     batch = random_batch(config.batch_size, config.batch_length, ACT_DIM)
     single = build(flags, None, batch)
     single.save()  # The same initial weights for both.
-    before = weights(single)
-    metrics = single.train(next(single.batches))
-    after = weights(single)
+    before = weights(single.agent)
+    metrics = single.agent.train(next(single.batches))
+    after = weights(single.agent)
     other = build([*flags, "--strategy", "mirrored", "--replicas", "2"], mirrored, batch)
     other.load()
-    assert all(np.array_equal(a, b) for a, b in zip(weights(other), before)), "not the same initial weights"
+    assert all(np.array_equal(a, b) for a, b in zip(weights(other.agent), before)), "not the same initial weights"
     data = next(other.batches)
     shapes = [x.shape[0] for x in mirrored.experimental_local_results(data["image"])]
-    other_metrics = other.train(data)
-    result = weights(other)
+    other_metrics = other.agent.train(data)
+    result = weights(other.agent)
     print(
         json.dumps(
             dict(

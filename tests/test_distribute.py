@@ -13,7 +13,7 @@ import pytest
 
 from conftest import GYM, ROOT, TINY, run_dreamer
 
-import dreamer
+import configs
 
 SMALL = [*TINY, "--batch_size", "4"]
 
@@ -41,7 +41,7 @@ def test_bad_tf_config_is_refused(tf_config, message, monkeypatch, capsys, tmp_p
     else:
         monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(SystemExit) as exit:
-        dreamer.parse_config(["--logdir", str(tmp_path), *TINY, "--strategy", "multi_worker"])
+        configs.parse_config(["--logdir", str(tmp_path), *TINY, "--strategy", "multi_worker"])
     assert exit.value.code == 2
     error = capsys.readouterr().err
     assert message in error

@@ -9,8 +9,10 @@ import tensorflow as tf
 from conftest import GYM, ROOT, run_here
 from data import random_batch
 
+import configs
 import dreamer
 import models
+import runtime
 import tools
 
 TINY_MODEL = "--configs debug"  # Tiny networks, batches of 3 sequences of 8 steps, imagination horizon 3.
@@ -19,14 +21,14 @@ TINY_MODEL = "--configs debug"  # Tiny networks, batches of 3 sequences of 8 ste
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("agent")
-    config = dreamer.parse_config(
+    config = configs.parse_config(
         ["--logdir", str(logdir), "--task", "dmc_walker_walk", "--precision", "32"] + TINY_MODEL.split()
     )
-    dreamer.setup(config)
+    runtime.setup(config)
     batches = [random_batch(3, 8, 6, seed) for seed in range(4)]
     dataset = tf.data.Dataset.from_tensor_slices({k: np.stack([b[k] for b in batches]) for k in batches[0]})
     dataset = dataset.repeat().map(lambda x: tools.preprocess(x, config))
-    return dreamer.Dreamer(config, None, dataset, (64, 64, 3), 6, step=0), dataset
+    return dreamer.Dreamer(config, dataset, (64, 64, 3), 6), dataset
 
 
 def snapshot(variables):
@@ -190,8 +192,8 @@ def behavior_losses(agent, data, seed):
     wm, ac = agent.world_model, agent.behavior
     model_seed, behavior_seed = tf.unstack(tf.random.split(seed))
     _, post, _ = wm.loss(data, model_seed)
-    feat = ac.imagine_ahead(ac.start_states(post), wm.dynamics, behavior_seed)
-    returns, weights = ac.returns(feat, wm.heads)
+    feat = ac.imagine_ahead(ac.start_states(post), behavior_seed)
+    returns, weights = ac.returns(feat)
     return -tf.reduce_mean(weights * returns), ac.value_loss(feat, returns, weights)
 
 
@@ -203,18 +205,21 @@ def test_each_optimizer_changes_only_its_own_variables(agent):
     before = {k: snapshot(v) for k, v in groups.items()}
     with tf.GradientTape() as tape:
         loss, _, _ = wm.loss(data, SEED)
-    wm.optimizer(tape, loss)
+    wm.optimizers["model_opt"](tape, loss)
     assert any(changed(before["model"], groups["model"]))
     assert not any(changed(before["actor"], groups["actor"]) + changed(before["value"], groups["value"]))
     before = {k: snapshot(v) for k, v in groups.items()}
     with tf.GradientTape(persistent=True) as tape:
         actor_loss, value_loss = behavior_losses(agent, data, SEED)
-    ac.actor_opt(tape, actor_loss)
-    ac.value_opt(tape, value_loss)
+    ac.optimizers["actor_opt"](tape, actor_loss)
+    ac.optimizers["value_opt"](tape, value_loss)
     assert not any(changed(before["model"], groups["model"]))  # The actor loss moves no world-model variable.
     assert any(changed(before["actor"], groups["actor"])) and any(changed(before["value"], groups["value"]))
-    assert wm.optimizer.opt.iterations.numpy() == 1 and ac.actor_opt.opt.iterations.numpy() == 1
-    assert [o.opt.epsilon for o in (wm.optimizer, ac.actor_opt, ac.value_opt)] == [agent._c.adam_eps] * 3
+    assert (
+        wm.optimizers["model_opt"].opt.iterations.numpy() == 1
+        and ac.optimizers["actor_opt"].opt.iterations.numpy() == 1
+    )
+    assert [o.opt.epsilon for o in agent.optimizers.values()] == [agent._c.adam_eps] * 3
 
 
 def test_behavior_learns_at_the_world_models_weights_before_its_update(agent):
@@ -222,7 +227,7 @@ def test_behavior_learns_at_the_world_models_weights_before_its_update(agent):
     # step's program order (behaviour learning before the updates) for every variable's reads and writes.
     agent, dataset = agent
     data = next(iter(dataset))
-    iterations = tf.cast(agent.world_model.optimizer.opt.iterations, tf.int64)
+    iterations = tf.cast(agent.world_model.optimizers["model_opt"].opt.iterations, tf.int64)
     seed = tf.stack([tf.constant(agent._c.seed, tf.int64), iterations])  # As Dreamer._train draws it.
     expected = behavior_losses(agent, data, seed)
     metrics = agent.train(data)
@@ -253,28 +258,24 @@ def test_train_and_policy_trace_once(agent):
 def test_a_second_stop_signal_leaves_the_train_burst_to_the_resumed_run(agent, monkeypatch):
     """Stopped at once (a second Ctrl-C or SIGTERM) before its train steps, a due burst is not marked done, so
     the checkpoint's schedule has the resumed run train it."""
-    agent, _ = agent
-    schedule, step = agent.train_every.next.numpy(), agent.step
-    updates = agent.world_model.optimizer.opt.iterations.numpy()
-    agent.train_every.next.assign(0)
-    monkeypatch.setattr(dreamer.STOP, "signals", 2)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            dreamer.train_when_due(agent)
-        assert agent.train_every.next.numpy() == 0 and agent.step == step
-        assert agent.world_model.optimizer.opt.iterations.numpy() == updates
-    finally:
-        agent.train_every.next.assign(schedule)
+    agent, dataset = agent
+    trainer = dreamer.Trainer(agent._c, agent, dataset=dataset)
+    step, updates = agent.step, agent.optimizers["model_opt"].opt.iterations.numpy()
+    monkeypatch.setattr(runtime.STOP, "signals", 2)
+    with pytest.raises(KeyboardInterrupt):
+        dreamer.train_when_due(trainer)
+    assert trainer.train_every.next.numpy() == 0 and agent.step == step
+    assert agent.optimizers["model_opt"].opt.iterations.numpy() == updates
 
 
 @pytest.mark.parametrize("precision, dtype", [("16", "float16"), ("bf16", "bfloat16")])
 def test_mixed_precision_train_step_is_finite(tmp_path, precision, dtype):
     flags = ["--logdir", str(tmp_path), "--task", "dmc_walker_walk", "--precision", precision] + TINY_MODEL.split()
-    config = dreamer.parse_config(flags)
-    dreamer.setup(config)
+    config = configs.parse_config(flags)
+    runtime.setup(config)
     try:
         data = tools.preprocess(random_batch(3, 8, 6), config)
-        agent = dreamer.Dreamer(config, None, tf.data.Dataset.from_tensors(data), (64, 64, 3), 6, step=0)
+        agent = dreamer.Dreamer(config, tf.data.Dataset.from_tensors(data), (64, 64, 3), 6)
         for _ in range(2):
             metrics = agent.train(data)
     finally:
@@ -284,7 +285,7 @@ def test_mixed_precision_train_step_is_finite(tmp_path, precision, dtype):
     # The first float16 steps may overflow: the loss scaler then skips them (inf gradient norm) and halves its scale.
     assert all(np.isfinite(v.numpy()) for k, v in metrics.items() if not k.endswith("grad_norm"))
     assert all(np.isfinite(v.numpy()).all() for v in agent.world_model.variables + agent.behavior.actor.weights)
-    scaled = isinstance(agent.world_model.optimizer.opt, keras.optimizers.LossScaleOptimizer)
+    scaled = isinstance(agent.world_model.optimizers["model_opt"].opt, keras.optimizers.LossScaleOptimizer)
     assert scaled == (precision == "16")
     # float16 reports its loss scale and skipped steps, so that overflow can be read off TensorBoard.
     logged = {f"{name}_{what}" for name in ("model", "actor", "value") for what in ("loss_scale", "skipped")}
@@ -364,8 +365,8 @@ def test_float32_train_step_computes_what_it_did(tmp_path):
     # CPU they were recorded on; the tolerance allows other CPUs' float32 kernels). The weights are checked through
     # the losses and gradient norms of the third step, which depend on the first two updates.
     flags = ["--logdir", str(tmp_path), "--task", "dmc_walker_walk", "--precision", "32", "--seed", "3"]
-    config = dreamer.parse_config(flags + TINY_MODEL.split())
-    dreamer.setup(config)
+    config = configs.parse_config(flags + TINY_MODEL.split())
+    runtime.setup(config)
     rng = np.random.RandomState(0)
     batch = dict(
         image=rng.randint(0, 255, (3, 8, 64, 64, 3)).astype(np.uint8),
@@ -374,7 +375,7 @@ def test_float32_train_step_computes_what_it_did(tmp_path):
         discount=np.ones((3, 8), np.float32),
     )
     data = tools.preprocess({k: tf.constant(v) for k, v in batch.items()}, config)
-    agent = dreamer.Dreamer(config, None, tf.data.Dataset.from_tensors(data), (64, 64, 3), 2, step=0)
+    agent = dreamer.Dreamer(config, tf.data.Dataset.from_tensors(data), (64, 64, 3), 2)
     for _ in range(3):
         metrics = agent.train(data)
     expected = {
@@ -395,7 +396,7 @@ def test_float32_train_step_computes_what_it_did(tmp_path):
 
 
 def test_parameter_counts_for_walker_walk(tmp_path, capsys):
-    config = dreamer.parse_config(["--logdir", str(tmp_path), "--task", "dmc_walker_walk", "--precision", "32"])
+    config = configs.parse_config(["--logdir", str(tmp_path), "--task", "dmc_walker_walk", "--precision", "32"])
     act, stoch, deter, units, depth = 6, 30, 200, 400, 32
     dense = lambda i, o: i * o + o
     conv = lambda k, i, o: k * k * i * o + o
@@ -412,7 +413,7 @@ def test_parameter_counts_for_walker_walk(tmp_path, capsys):
     actor = dense(feat, units) + 3 * dense(units, units) + dense(units, 2 * act)
     value = dense(feat, units) + 2 * dense(units, units) + dense(units, 1)
     dataset = tf.data.Dataset.from_tensors(tools.preprocess(random_batch(1, 2, act), config))
-    dreamer.Dreamer(config, None, dataset, (64, 64, 3), act, step=0)
+    dreamer.Dreamer(config, dataset, (64, 64, 3), act)
     out = capsys.readouterr().out
     assert f"Found {encoder + rssm + decoder + reward} model parameters." in out
     assert f"Found {actor} actor parameters." in out
@@ -443,7 +444,7 @@ def test_parameter_counts_for_walker_walk(tmp_path, capsys):
         (["--task", "atari_pong", "--expl", "additive_gaussian"], "invalid one-hot vectors"),
         (["--action_dist", "onehot"], "dmc_walker_walk has continuous actions"),
         (["--expl", "epsilon_greedy"], "would send as one-hot vectors"),
-        (["--task", "atari_pong", "--configs", "planet"], "planet searches continuous action sequences"),
+        (["--task", "atari_pong", "--configs", "planet"], "planet acts in continuous action spaces only"),
         (["--cem_topk", "2000"], "argument --cem_topk: 2000 of --cem_candidates 1000"),
         (["--behavior", "value"], "argument --behavior: invalid choice"),
         (["--pretrain", "0"], "argument --pretrain: must be positive"),
@@ -456,7 +457,7 @@ def test_parameter_counts_for_walker_walk(tmp_path, capsys):
 def test_bad_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
     logdir = tmp_path / "run"
     with pytest.raises(SystemExit) as error:
-        dreamer.parse_config(["--logdir", str(logdir)] + flags)
+        configs.parse_config(["--logdir", str(logdir)] + flags)
     assert error.value.code == 2
     assert message in capsys.readouterr().err
     assert not logdir.exists()
@@ -465,7 +466,7 @@ def test_bad_flags_exit_2_before_writing(tmp_path, capsys, flags, message):
 def test_logdir_that_is_a_file_exits_2(tmp_path, capsys):
     (tmp_path / "run").write_text("notes")
     with pytest.raises(SystemExit) as error:
-        dreamer.parse_config(["--logdir", str(tmp_path / "run")])
+        configs.parse_config(["--logdir", str(tmp_path / "run")])
     assert error.value.code == 2 and "run is a file; pass a folder" in capsys.readouterr().err
     assert (tmp_path / "run").read_text() == "notes"
 
@@ -474,31 +475,31 @@ def test_logdir_expands_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "checkpoint").write_text("")
-    config = dreamer.parse_config(["--logdir", "~/run", "--eval_only", "True"])  # Finds the checkpoint.
+    config = configs.parse_config(["--logdir", "~/run", "--eval_only", "True"])  # Finds the checkpoint.
     assert config.logdir == tmp_path / "run"
 
 
 def test_resume_with_other_action_repeat_is_refused(tmp_path, capsys):
     """The episodes on disk count env steps at the run's action repeat."""
-    dreamer.save_config(dreamer.parse_config(["--logdir", str(tmp_path), "--configs", "debug"]))
+    dreamer.save_config(configs.parse_config(["--logdir", str(tmp_path), "--configs", "debug"]))
     saved = (tmp_path / "config.json").read_text()
     with pytest.raises(SystemExit) as error:
-        dreamer.parse_config(["--logdir", str(tmp_path), "--configs", "debug", "--action_repeat", "4"])
+        configs.parse_config(["--logdir", str(tmp_path), "--configs", "debug", "--action_repeat", "4"])
     assert error.value.code == 2 and "--action_repeat 2 (not 4)" in capsys.readouterr().err
     assert (tmp_path / "config.json").read_text() == saved
 
 
 def test_flag_table_is_generated_from_the_flags():
-    text = dreamer.make_parser().format_help()  # Raises on a stray % in a help text.
+    text = configs.make_parser().format_help()  # Raises on a stray % in a help text.
     assert "--weight_decay_pattern" in text
     docs = (ROOT / "docs" / "flags.md").read_text()
     table = docs.split("<!-- flags start -->\n")[1].split("\n<!-- flags end -->")[0]
-    assert table == dreamer.flag_table(), "regenerate it: python -c 'import dreamer; print(dreamer.flag_table())'"
+    assert table == configs.flag_table(), "regenerate it: python -c 'import configs; print(configs.flag_table())'"
 
 
 def test_configs_apply_presets_in_order_and_flags_win(tmp_path):
     argv = ["--logdir", str(tmp_path), "--configs", "cpu_check", "debug", "--batch_size", "5"]
-    config = dreamer.parse_config(argv)
+    config = configs.parse_config(argv)
     assert (
         config.task == "dmc_walker_stand"
         and config.steps == 10**6
@@ -508,17 +509,17 @@ def test_configs_apply_presets_in_order_and_flags_win(tmp_path):
     assert config.num_units == 16 and config.eval_every == 400  # debug, after cpu_check
     assert config.batch_size == 5 and config.configs == ["cpu_check", "debug"]
     assert config.action_dist == "tanh_normal" and config.expl == "additive_gaussian"  # auto, continuous actions
-    config = dreamer.parse_config(["--logdir", str(tmp_path), "--task", "atari_pong", "--configs", "atari"])
+    config = configs.parse_config(["--logdir", str(tmp_path), "--task", "atari_pong", "--configs", "atari"])
     assert (config.action_repeat, config.time_limit, config.pcont) == (4, 108000, True)
     assert (config.expl_amount, config.expl_decay, config.expl_min) == (0.4, 10**5, 0.1)
     assert config.action_dist == "onehot" and config.expl == "epsilon_greedy"  # auto, discrete actions
 
 
 def test_flag_parsing(tmp_path):
-    config = dreamer.parse_config(["--logdir", str(tmp_path), "--steps", "1e4", "--pcont", "True", "--free_nats", "2"])
+    config = configs.parse_config(["--logdir", str(tmp_path), "--steps", "1e4", "--pcont", "True", "--free_nats", "2"])
     assert config.steps == 10000 and config.pcont is True and config.free_nats == 2.0 and config.adam_eps == 1e-4
-    assert dreamer.parse_config(["--logdir", str(tmp_path), "--adam_eps", "1e-7"]).adam_eps == 1e-7
-    config = dreamer.parse_config(["--logdir", str(tmp_path), "--task", "atari_pong"])
+    assert configs.parse_config(["--logdir", str(tmp_path), "--adam_eps", "1e-7"]).adam_eps == 1e-7
+    config = configs.parse_config(["--logdir", str(tmp_path), "--task", "atari_pong"])
     assert config.action_dist == "onehot" and config.expl == "epsilon_greedy"
 
 
@@ -570,15 +571,16 @@ def test_run_killed_between_evaluations_resumes_on_their_schedule(trained_run, t
 
 def test_evaluations_fall_on_the_grid_and_once_at_steps():
     config = tools.AttrDict(steps=1000)
-    agent = types.SimpleNamespace(step=0, eval_every=tools.Every(400), evaluated=tf.Variable(-1, dtype=tf.int64))
+    agent = types.SimpleNamespace(step=0)
+    trainer = types.SimpleNamespace(agent=agent, eval_every=tools.Every(400), evaluated=tf.Variable(-1, dtype=tf.int64))
 
     def due(step):
         agent.step = step
-        return dreamer.evaluation_due(config, agent)
+        return dreamer.evaluation_due(config, trainer)
 
     def evaluate(step):
-        agent.eval_every.done(step)
-        agent.evaluated.assign(step)
+        trainer.eval_every.done(step)
+        trainer.evaluated.assign(step)
 
     assert due(450)  # The end of the prefill.
     evaluate(450)
@@ -595,12 +597,12 @@ def test_checkpoint_without_the_evaluation_schedule_resumes(trained_run, tmp_pat
     """Checkpoints written before the evaluation schedule was one: the next evaluation falls on its grid."""
     logdir = tmp_path / "run"
     shutil.copytree(trained_run[0], logdir)
-    config = dreamer.parse_config(["--logdir", str(logdir), *GYM])
+    config = configs.parse_config(["--logdir", str(logdir), *GYM])
     config.action_dist, config.expl = "tanh_normal", "additive_gaussian"  # As the run's environment resolved them.
-    dreamer.setup(config)
-    agent = dreamer.Dreamer(config, None, None, (64, 64, 3), 2, step=0)
-    path = agent.load()
-    old = {k: v for k, v in agent._trackables().items() if k != "next_eval"}
+    runtime.setup(config)
+    trainer = dreamer.Trainer(config, dreamer.Dreamer(config, None, (64, 64, 3), 2))
+    path = trainer.load()
+    old = {k: v for k, v in trainer.trackables().items() if k != "next_eval"}
     tf.train.CheckpointManager(tf.train.Checkpoint(**old), logdir / "checkpoints", 2).save(checkpoint_number=240)
     assert not any(name.startswith("next_eval") for name, _ in tf.train.list_variables(str(logdir / "checkpoints")))
     output = run_here(logdir, "--steps", "400")[1]
@@ -612,7 +614,7 @@ def test_resume_with_other_architecture_is_refused(trained_run, capsys):
     logdir = trained_run[0]
     config = (logdir / "config.json").read_text()
     with pytest.raises(SystemExit) as error:
-        dreamer.parse_config(["--logdir", str(logdir), *GYM, "--num_units", "32"])
+        configs.parse_config(["--logdir", str(logdir), *GYM, "--num_units", "32"])
     assert error.value.code == 2 and "--num_units 16 (not 32)" in capsys.readouterr().err
     assert (logdir / "config.json").read_text() == config
 
@@ -621,19 +623,20 @@ def test_resume_in_float16_of_a_float32_run_is_refused(trained_run, capsys):
     logdir = trained_run[0]
     config = (logdir / "config.json").read_text()
     with pytest.raises(SystemExit) as error:
-        dreamer.parse_config(["--logdir", str(logdir), *GYM, "--precision", "16"])
+        configs.parse_config(["--logdir", str(logdir), *GYM, "--precision", "16"])
     assert error.value.code == 2 and "--precision 32 (not 16)" in capsys.readouterr().err
     assert (logdir / "config.json").read_text() == config
 
 
 def test_precision_defaults_to_the_runs_then_to_the_device(tmp_path):
     flags = lambda logdir: ["--logdir", str(logdir), "--task", "dmc_walker_walk"]
-    assert dreamer.parse_config(flags(tmp_path / "new")).precision == "32"  # No GPU here.
+    device = "16" if tf.config.list_physical_devices("GPU") else "32"
+    assert configs.parse_config(flags(tmp_path / "new")).precision == device
     (tmp_path / "config.json").write_text(json.dumps({"precision": "bf16"}))
-    assert dreamer.parse_config(flags(tmp_path)).precision == "bf16"
-    assert dreamer.parse_config(flags(tmp_path) + ["--precision", "32"]).precision == "32"
-    assert dreamer.default_precision(tmp_path / "new", gpus=["a GPU"]) == "16"
-    assert dreamer.default_precision(tmp_path, gpus=["a GPU"]) == "bf16"
+    assert configs.parse_config(flags(tmp_path)).precision == "bf16"
+    assert configs.parse_config(flags(tmp_path) + ["--precision", "32"]).precision == "32"
+    assert configs.default_precision(tmp_path / "new", gpus=["a GPU"]) == "16"
+    assert configs.default_precision(tmp_path, gpus=["a GPU"]) == "bf16"
 
 
 def test_flags_its_checkpoint_refuses_are_not_saved_as_the_runs(trained_run, tmp_path):
@@ -648,35 +651,37 @@ def test_flags_its_checkpoint_refuses_are_not_saved_as_the_runs(trained_run, tmp
 
 def test_the_policy_never_trains(trained_run):
     """Acting, in training or test mode, with a train burst due: no update, no schedule moved."""
-    config = dreamer.parse_config(["--logdir", str(trained_run[0]), *GYM])
+    config = configs.parse_config(["--logdir", str(trained_run[0]), *GYM])
     config.action_dist, config.expl = "tanh_normal", "additive_gaussian"  # As the run's environment resolved them.
-    dreamer.setup(config)
+    runtime.setup(config)
     store = tools.EpisodeStore(trained_run[0] / "episodes")
-    agent = dreamer.Dreamer(config, None, tools.make_dataset(store, config), (64, 64, 3), 2, step=10**6)
-    agent.load()
-    assert agent.train_every.due(agent.step) and agent.eval_every.due(agent.step)
+    agent = dreamer.Dreamer(config, tools.make_dataset(store, config), (64, 64, 3), 2)
+    trainer = dreamer.Trainer(config, agent, dataset=tools.make_dataset(store, config))
+    trainer.load()
+    agent.step = 10**6
+    assert trainer.train_every.due(agent.step) and trainer.eval_every.due(agent.step)
     before = [v.numpy().copy() for v in agent.world_model.variables]
     state = None
     for training in (True, False, True):
         action, state = agent({"image": np.zeros((1, 64, 64, 3), np.uint8)}, np.array([state is None]), state, training)
-    assert action.shape == (1, 2) and agent.world_model.optimizer.opt.iterations.numpy() == 6
+    assert action.shape == (1, 2) and agent.world_model.optimizers["model_opt"].opt.iterations.numpy() == 6
     assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, agent.world_model.variables))
-    assert agent.step == 10**6 and agent.train_every.due(agent.step)
+    assert agent.step == 10**6 and trainer.train_every.due(agent.step) and trainer.eval_every.due(agent.step)
 
 
 def test_atari_agent_acts_with_valid_one_hot_actions(tmp_path):
     """The onehot actor and epsilon-greedy exploration through OneHotAction's check, which rejects anything else."""
     flags = ["--logdir", str(tmp_path), *TINY_MODEL.split(), "--task", "atari_pong", "--parallel", "none"]
-    config = dreamer.parse_config([*flags, "--time_limit", "120", "--expl_amount", "0.5", "--precision", "32"])
+    config = configs.parse_config([*flags, "--time_limit", "120", "--expl_amount", "0.5", "--precision", "32"])
     assert (config.action_dist, config.expl) == ("onehot", "epsilon_greedy")
-    dreamer.setup(config)
+    runtime.setup(config)
     episodes = []
     with dreamer.environments(config, "train") as (envs,):
         envs = dreamer.record(config, envs, [episodes.append])
-        agent = dreamer.make_agent(config, envs[0])
-        agent.train_every.next.assign(10**9)  # Nothing to train on: acting only.
-        dreamer.collect(config, agent, envs, None, episodes=1)
-        dreamer.test(config, agent, envs, episodes=1)
+        trainer = dreamer.make_trainer(config, None, None, envs[0].obs_space["image"].shape, 6)
+        trainer.train_every.next.assign(10**9)  # Nothing to train on: acting only.
+        dreamer.collect(config, trainer, envs, None, episodes=1)
+        dreamer.test(config, trainer.agent, envs, episodes=1)
     for episode in episodes:
         action = episode["action"][1:]
         assert action.shape == (60, 6) and set(np.unique(action)) == {0, 1} and (action.sum(-1) == 1).all()

@@ -7,10 +7,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import GYM, run_here
+from conftest import GYM, checkpoint_keys, run_here
 
+import configs
 import dreamer
 import models
+import runtime
 import tools
 
 SEED = tf.constant([0, 7], tf.int64)
@@ -19,7 +21,7 @@ ACT_DIM = 2
 
 def make_config(tmp_path, **extra):
     """The debug preset (stoch 4, deter 16, units 16, cnn_depth 4, horizon 3) in float32, with the new keys."""
-    config = dreamer.parse_config(["--logdir", str(tmp_path), "--precision", "32", "--configs", "debug"])
+    config = configs.parse_config(["--logdir", str(tmp_path), "--precision", "32", "--configs", "debug"])
     config.update({"behavior": "dreamer", "representation": "reconstruction", **extra})
     return config
 
@@ -123,10 +125,10 @@ def test_cem_plans_in_a_real_rssm(policy):
 def test_no_value_actor_objective_is_the_discounted_sum_of_imagined_rewards(tmp_path, pcont):
     config = make_config(tmp_path, behavior="no_value", pcont=pcont)
     wm = models.WorldModel(config, (64, 64, 3), ACT_DIM)
-    ac = models.ActorCritic(config, config.stoch_size + config.deter_size, ACT_DIM)
+    ac = models.NoValue(config, wm, ACT_DIM)
     _, post, _ = wm.loss(make_data(config), SEED)
-    feat = ac.imagine_ahead(ac.start_states(post), wm.dynamics, SEED)
-    returns, weights = ac.returns(feat, wm.heads)
+    feat = ac.imagine_ahead(ac.start_states(post), SEED)
+    returns, weights = ac.returns(feat)
     reward = wm.heads["reward"](feat).mode().numpy()
     discount = wm.heads["pcont"](feat).mean().numpy() if pcont else np.full_like(reward, config.discount)
     expected, later = np.zeros_like(reward), np.zeros_like(reward[0])
@@ -136,21 +138,24 @@ def test_no_value_actor_objective_is_the_discounted_sum_of_imagined_rewards(tmp_
     np.testing.assert_allclose(returns.numpy(), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(weights.numpy(), np.ones_like(reward))
     with tf.GradientTape() as tape:  # The objective's gradient reaches the actor through the imagined states.
-        feat = ac.imagine_ahead(ac.start_states(post), wm.dynamics, SEED)
-        loss = -tf.reduce_mean(tf.math.multiply(*ac.returns(feat, wm.heads)))
+        feat = ac.imagine_ahead(ac.start_states(post), SEED)
+        loss = -tf.reduce_mean(tf.math.multiply(*ac.returns(feat)))
     assert tf.linalg.global_norm(tape.gradient(loss, ac.actor.trainable_variables)).numpy() > 0
 
 
 def test_no_value_builds_no_value_model(tmp_path):
-    ac = models.ActorCritic(make_config(tmp_path, behavior="no_value"), 20, ACT_DIM)
-    assert ac.value is None and ac.value_opt is None
-    paths = [v.path for v in ac.actor.variables + ac.actor_opt.opt.variables]
+    config = make_config(tmp_path, behavior="no_value")
+    ac = models.NoValue(config, models.WorldModel(config, (64, 64, 3), ACT_DIM), ACT_DIM)
+    assert list(ac.modules) == ["actor"] and list(ac.optimizers) == ["actor_opt"]
+    paths = [v.path for v in ac.actor.variables + ac.optimizers["actor_opt"].opt.variables]
     assert paths and not [p for p in paths if "value" in p]
-    with pytest.raises(AssertionError, match="no value model"):
-        ac.value_loss(tf.zeros([3, 2, 20]), tf.zeros([2, 2]), tf.ones([2, 2]))
-    assert models.ActorCritic(make_config(tmp_path, behavior="planet"), 20, ACT_DIM).value is None
-    default = models.ActorCritic(make_config(tmp_path), 20, ACT_DIM)
-    assert default.value is not None and default.value_opt is not None
+    assert ac.learn_value(None, None, None) == {}
+    config = make_config(tmp_path, behavior="planet")
+    planet = models.Planet(config, models.WorldModel(config, (64, 64, 3), ACT_DIM), ACT_DIM)
+    assert planet.modules == {} and planet.optimizers == {}
+    config = make_config(tmp_path)
+    default = models.ActorCritic(config, models.WorldModel(config, (64, 64, 3), ACT_DIM), ACT_DIM)
+    assert list(default.modules) == ["actor", "value"] and list(default.optimizers) == ["actor_opt", "value_opt"]
 
 
 # Representations.
@@ -203,7 +208,7 @@ def test_contrastive_loss_matches_a_loop_over_positives_and_negatives(tmp_path, 
     wm = models.WorldModel(config, (64, 64, 3), ACT_DIM)
     data = make_data(config, batch=4, length=6)
     _, post, metrics = wm.loss(data, SEED)
-    pred = wm.heads["cpc"](wm.encoder(data["image"])).distribution
+    pred = wm.objective.heads["cpc"](wm.encoder(data["image"])).distribution
     mean, std = pred.loc.numpy().astype(np.float64), pred.scale.numpy().astype(np.float64)
     feat = wm.dynamics.get_feat(post).numpy().astype(np.float64)
     assert mean.shape == std.shape == feat.shape == (4, 6, config.stoch_size + config.deter_size)
@@ -219,22 +224,22 @@ def test_contrastive_contrast_modes_batch_and_time(tmp_path):
     data = make_data(config, batch=4, length=6)
     embed = wm.encoder(data["image"])
     feat = wm.dynamics.get_feat(wm.loss(data, SEED)[1])
-    pred = wm.heads["cpc"](embed).distribution
+    pred = wm.objective.heads["cpc"](embed).distribution
     args = pred.loc.numpy().astype(np.float64), pred.scale.numpy().astype(np.float64), feat.numpy().astype(np.float64)
     for contrast, window in (("batch", (4, 1)), ("time", (1, 6))):
         config.cpc_contrast = contrast
-        objective = tf.reduce_mean(wm.cpc_objective(embed, feat)).numpy()
+        objective = wm.objective.likes(embed, feat, data)["cpc"].numpy()
         np.testing.assert_allclose(objective, cpc_loop(*args, *window), rtol=1e-5)
 
 
 def test_contrastive_head_is_a_trained_model_module(tmp_path):
     wm = models.WorldModel(make_config(tmp_path, representation="contrastive"), (64, 64, 3), ACT_DIM)
-    head = wm.heads["cpc"]  # Checkpointed by Dreamer as cpc_head, like the other heads.
-    assert head in wm.modules and head.trainable_variables
+    head = wm.objective.heads["cpc"]
+    assert wm.modules["cpc_head"] is head and head.trainable_variables  # Checkpointed as cpc_head.
     assert all(any(v is w for w in wm.variables) for v in head.trainable_variables)
     dense = lambda i, o: i * o + o  # Embedding 2 x 2 x 32 of the debug encoder; features 4 + 16.
     assert models.count_params(head) == dense(128, 16) + 2 * dense(16, 16) + 2 * dense(16, 20)
-    assert "cpc" not in models.WorldModel(make_config(tmp_path), (64, 64, 3), ACT_DIM).heads
+    assert "cpc_head" not in models.WorldModel(make_config(tmp_path), (64, 64, 3), ACT_DIM).modules
 
 
 def test_contrastive_shapes_the_state_and_the_image_loss_does_not(tmp_path):
@@ -261,7 +266,7 @@ def test_reward_representation_leaves_the_image_loss_out_of_the_state(tmp_path, 
     assert norm(grads["reward_loss"][:encoder]) > 0 and norm(grads["reward_loss"][encoder:]) > 0
     if pcont:
         assert norm(grads["pcont_loss"]) > 0
-    assert "cpc_loss" not in metrics and "cpc" not in wm.heads
+    assert "cpc_loss" not in metrics and "cpc_head" not in wm.modules
     image_head = {id(v) for v in wm.heads["image"].trainable_variables}
     assert norm([g for g, v in zip(grads["model_loss"], wm.variables) if id(v) in image_head]) > 0
 
@@ -277,11 +282,19 @@ def test_reconstruction_image_loss_shapes_the_encoder_and_rssm(tmp_path):
 
 # Each experiment end to end: a run in this process (conftest's GYM flags), resumed, evaluated.
 
+# The checkpoint's keys of each variant: those of the paper's Dreamer (`dreamer`), with these added and removed.
+DREAMER = {"encoder", "dynamics", "image_head", "reward_head", "model_opt", "actor", "actor_opt", "value", "value_opt"}
+DREAMER |= {"next_train", "next_log", "next_eval", "last_eval"}
 VARIANTS = dict(
-    no_value=dict(logged={"actor_loss"}, absent={"value_loss"}, variables={"actor"}, missing={"value", "cpc"}),
-    planet=dict(logged=set(), absent={"actor_loss", "value_loss"}, variables=set(), missing={"actor", "value"}),
-    contrastive=dict(logged={"cpc_loss", "value_loss"}, absent=set(), variables={"cpc_head", "value"}, missing=set()),
-    reward_only=dict(logged={"value_loss"}, absent={"cpc_loss"}, variables={"value"}, missing={"cpc"}),
+    no_value=dict(logged={"actor_loss"}, absent={"value_loss"}, added=set(), removed={"value", "value_opt"}),
+    planet=dict(
+        logged=set(),
+        absent={"actor_loss", "value_loss"},
+        added=set(),
+        removed={"actor", "actor_opt", "value", "value_opt"},
+    ),
+    contrastive=dict(logged={"cpc_loss", "value_loss"}, absent=set(), added={"cpc_head", "image_opt"}, removed=set()),
+    reward_only=dict(logged={"value_loss"}, absent={"cpc_loss"}, added={"image_opt"}, removed=set()),
 )
 
 
@@ -295,24 +308,23 @@ def test_preset_trains_resumes_and_evaluates(tmp_path, capsys, preset):
     assert [r["step"] for r in rows if "test/return" in r] == [80, 120, 160]
     keys = set().union(*rows)
     assert {"model_loss", "image_loss", "reward_loss"} | expected["logged"] <= keys and not expected["absent"] & keys
-    names = {name.split("/")[0] for name, _ in tf.train.list_variables(str(tmp_path / "checkpoints"))}
-    assert expected["variables"] <= names and not {f"{k}" for k in expected["missing"]} & names
+    assert checkpoint_keys(tmp_path / "checkpoints") == DREAMER - expected["removed"] | expected["added"]
     output = run_here(tmp_path, *flags, "--eval_only", "True", "--eval_episodes", "1")[1]
     assert "Evaluated checkpoint of step 160 over 1 episodes" in output
     config = json.loads((tmp_path / "config.json").read_text())
     other = ["--behavior", "dreamer"] if config["behavior"] != "dreamer" else ["--representation", "reconstruction"]
     with pytest.raises(SystemExit) as error:  # A checkpoint of one variant does not load into another.
-        dreamer.parse_config(["--logdir", str(tmp_path), *GYM, *flags, *other])
+        configs.parse_config(["--logdir", str(tmp_path), *GYM, *flags, *other])
     assert error.value.code == 2 and f"{other[0]} {config[other[0][2:]]} (not {other[1]})" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("preset", list(VARIANTS))
 def test_preset_train_step_and_policy_in_float16(tmp_path, preset):
-    config = dreamer.parse_config(["--logdir", str(tmp_path), "--configs", "debug", preset, "--precision", "16"])
-    dreamer.setup(config)
+    config = configs.parse_config(["--logdir", str(tmp_path), "--configs", "debug", preset, "--precision", "16"])
+    runtime.setup(config)
     try:
         data = make_data(config)
-        agent = dreamer.Dreamer(config, None, tf.data.Dataset.from_tensors(data), (64, 64, 3), ACT_DIM, step=0)
+        agent = dreamer.Dreamer(config, tf.data.Dataset.from_tensors(data), (64, 64, 3), ACT_DIM)
         for _ in range(3):
             metrics = agent.train(data)
         action, _ = agent({"image": np.zeros((2, 64, 64, 3), np.uint8)}, np.array([True, True]))

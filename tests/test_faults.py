@@ -127,9 +127,9 @@ def test_environment_that_cannot_start_exits_2_in_one_paragraph(tmp_path):
 def test_a_second_stop_signal_raises_only_where_the_run_waits_on_its_environments():
     """Raised inside TensorFlow, a KeyboardInterrupt can leave a scope half-entered and break the checkpoint that
     follows: inside the agent's calls a second signal waits for their end; outside a wait, for the next one."""
-    import dreamer
+    import runtime
 
-    stop, handlers = dreamer.Stop(), {s: signal.getsignal(s) for s in dreamer.STOP_SIGNALS}
+    stop, handlers = runtime.Stop(), {s: signal.getsignal(s) for s in runtime.STOP_SIGNALS}
     signal_self = lambda signum: (os.kill(os.getpid(), signum), time.sleep(0.05))
     stop.install()
     try:
@@ -162,7 +162,7 @@ def test_a_second_stop_signal_raises_only_where_the_run_waits_on_its_environment
             signal.signal(signum, handler)
 
     # A third ends the process, as kill -9 would: for a run that hangs where a signal cannot reach.
-    code = "import os, signal, time, dreamer\ndreamer.STOP.install()\nfor _ in range(3):\n"
+    code = "import os, signal, time, runtime\nruntime.STOP.install()\nfor _ in range(3):\n"
     code += "    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(0.1)\nprint('survived')"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGTERM and "survived" not in result.stdout

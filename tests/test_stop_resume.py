@@ -9,7 +9,7 @@ import sys
 
 from conftest import GYM, ROOT, assert_same_run, run_dreamer, run_here
 
-import dreamer
+import runtime
 
 
 def test_run_stopped_by_sigterm_and_resumed_equals_uninterrupted_run(trained_run, tmp_path):
@@ -18,8 +18,8 @@ def test_run_stopped_by_sigterm_and_resumed_equals_uninterrupted_run(trained_run
     as the one never stopped (PixelReach's, which Signalling is but for the signal)."""
     kwargs = json.dumps({"count": str(tmp_path / "count"), "at": 140})
     flags = ["--task", "gym_Signalling-v0", "--env_kwargs", kwargs, "--steps", "240"]
-    handlers = {s: signal.getsignal(s) for s in dreamer.STOP_SIGNALS}
-    dreamer.STOP.install()
+    handlers = {s: signal.getsignal(s) for s in runtime.STOP_SIGNALS}
+    runtime.STOP.install()
     try:
         _, output = run_here(tmp_path / "stopped", *flags)
     finally:

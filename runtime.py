@@ -1,0 +1,243 @@
+"""Run-time plumbing of dreamer.py: the stop signals, the lock of a logdir, exits on bad input, and checkpoints
+checked before they are restored."""
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import signal
+import socket
+import sys
+
+import keras
+import tensorflow as tf
+
+from tools import write_atomic
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stop:
+    """Ctrl-C and SIGTERM. The first asks the run to stop where its checkpoint holds all of it: after the train
+    steps and the episodes under way, so that the resumed run is the one that was not stopped. A second stops
+    sooner, losing the train burst and episodes under way: it interrupts a wait on the environments at once, and
+    otherwise stops the run at its next train step or wait. It never raises inside TensorFlow, whose scopes a
+    KeyboardInterrupt can leave broken for the checkpoint that follows. A third ends the process, as kill -9 does."""
+
+    def __init__(self):
+        self.signals = 0
+        self._interruptible = False
+
+    def install(self):
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signals += 1
+        if self.signals == 1:  # Unbuffered: a print() here could land inside another one.
+            message = "Stopping after the train steps and episodes under way (again to stop at once).\n"
+            os.write(sys.__stdout__.fileno(), message.encode())
+        elif self.signals == 2 and self._interruptible:
+            raise KeyboardInterrupt
+        elif self.signals > 2:
+            for other in STOP_SIGNALS:
+                signal.signal(other, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    def __call__(self):
+        return self.signals > 0
+
+    def now(self):
+        return self.signals > 1
+
+    @contextlib.contextmanager
+    def interruptible(self, value=True):
+        """A block where a second signal raises KeyboardInterrupt at once; with False, one where it waits (to the
+        block's end within an interruptible block). Any TensorFlow code called within must be in the latter."""
+        outer = self._interruptible
+        try:
+            self._interruptible = value
+            if value and self.now():
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._interruptible = outer
+        if outer and self.now():
+            raise KeyboardInterrupt
+
+
+STOP = Stop()
+
+
+def exit_2(message):
+    """Bad input or a fault found after parse_config (an environment, a checkpoint, the lock): exit as
+    parser.error does, without a traceback."""
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def lock_logdir(logdir):
+    """An OS lock on the logdir until the returned file closes (the kernel drops it even on kill -9)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    lock = (logdir / "lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        exit_2(
+            f"argument --logdir: {logdir} is in use by a training run ({holder}); wait for it to end or stop "
+            "it, or use another --logdir (--eval_only may run beside it)"
+        )
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    return lock
+
+
+class Checkpoints:
+    """The checkpoints of a run's `trackables` in `directory`, the two newest kept, each with the scalars its run
+    had yet to log (pending.json); restored from the newest that reads back whole. `logdir`: for messages."""
+
+    def __init__(self, directory, trackables, logdir):
+        self.directory, self._trackables, self._logdir = directory, trackables, logdir
+        self._checkpoint = tf.train.Checkpoint(**trackables)
+        self._manager = None  # Made after restore(), which may move corrupt checkpoints out of the rotation.
+        self._saved = None
+
+    def save(self, step, pending=None):
+        if self._saved == step:  # Nothing changes between two calls at one env step (e.g. a stop after a test).
+            return
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, 2)
+        if pending is not None:  # Scalars not yet written, for the line a resumed run writes next.
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.directory / "pending.json", json.dumps({"step": step, "scalars": pending}))
+        path = self._manager.save(checkpoint_number=step)
+        self._saved = step
+        print(f"Saved checkpoint {path}.", flush=True)
+
+    def restore(self, resume=False, optional=()):
+        """The newest checkpoint that reads back whole restored: its env step (None where there is none), the names
+        of `optional` it lacks (written before they were) and its pending scalars (or None). With `resume` newer ones
+        that do not read back are moved to checkpoints/corrupt/, out of the rotation that keeps two intact
+        checkpoints and of the way of the resumed run's checkpoints."""
+        path, corrupt = newest_intact(self.directory)
+        if path is None:
+            return None, (), None
+        step = int(path.rsplit("-", 1)[-1])
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        missing = set(optional) - saved
+        checkpoint = self._checkpoint
+        if missing:
+            checkpoint = tf.train.Checkpoint(**{k: v for k, v in self._trackables.items() if k not in missing})
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            exit_2(
+                f"checkpoint {path} does not fit this run ({str(e).splitlines()[0][:300]}). Use the flags it "
+                f"was trained with (see {self._logdir / 'config.json'}), or a new --logdir."
+            )
+        if resume and corrupt:
+            move_aside(self.directory, corrupt)
+        print(f"Loaded checkpoint {path}.", flush=True)
+        pending = self.directory / "pending.json"
+        saved = json.loads(pending.read_text()) if pending.exists() else {}
+        return step, missing, saved["scalars"] if saved.get("step") == step else None
+
+
+def newest_intact(directory):
+    """The newest checkpoint in `directory` that reads back whole, or None where there is none, and the newer ones
+    that do not (disk trouble, a copy interrupted half way), reported. Exits 2 where none reads back."""
+    state = tf.train.get_checkpoint_state(directory)
+    paths, corrupt = list(state.all_model_checkpoint_paths) if state else [], []
+    for path in reversed(paths):
+        problem = unreadable(path)
+        if not problem:
+            return path, paths[paths.index(path) + 1 :]
+        print(f"Skipping corrupt checkpoint {path} ({problem}).", flush=True)
+        corrupt.append(f"{path} ({problem})")
+    if paths:
+        exit_2(
+            f"no checkpoint in {directory} reads back whole: {'; '.join(corrupt)}. Restore them from a "
+            "copy, or move them away to start over, or use a new --logdir."
+        )
+    return None, []
+
+
+def unreadable(path):
+    """What is wrong with a checkpoint whose tensors do not all read back, or None: checked before restoring any."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as e:  # noqa: BLE001 (IndexError when truncated, DataLossError for a bad checksum, NotFoundError)
+        return one_line(e)
+    return None
+
+
+def one_line(error):
+    first = str(error).strip().split("\n")[0]
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+def move_aside(directory, bad):
+    """Corrupt checkpoints to checkpoints/corrupt/, the list the CheckpointManager rotates without them."""
+    state = tf.train.get_checkpoint_state(directory)
+    (directory / "corrupt").mkdir(exist_ok=True)
+    for path in bad:
+        for file in directory.glob(f"{pathlib.Path(path).name}.*"):
+            file.rename(directory / "corrupt" / file.name)
+        print(f"Moved the corrupt checkpoint {path} to {directory / 'corrupt'}.", flush=True)
+    kept = len(state.all_model_checkpoint_paths) - len(bad)
+    names = [pathlib.Path(p).name for p in state.all_model_checkpoint_paths[:kept]]
+    stamps = list(state.all_model_checkpoint_timestamps)[:kept] or None
+    tf.compat.v1.train.update_checkpoint_state(str(directory), names[-1], names, None, stamps)
+
+
+def make_strategy(config):
+    """The tf.distribute strategy of --strategy; made before anything else runs on a device."""
+    if config.strategy == "default" or config.eval_only:
+        return tf.distribute.get_strategy()
+    if config.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        count = config.replicas or len(gpus)
+        if count > len(gpus):
+            exit_2(f"argument --replicas: {count} replicas but only {len(gpus)} GPUs are visible")
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(count)])
+    count = config.replicas or 1
+    # Logical CPU devices share the same cores: for testing the distributed code path, not for speed.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(count)])
+
+
+def setup(config):
+    for gpu in tf.config.list_physical_devices("GPU"):  # Before the strategy starts the devices.
+        if config.gpu_growth:
+            tf.config.experimental.set_memory_growth(gpu, True)
+    strategy = make_strategy(config)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        exit_2(
+            f"argument --batch_size: the global batch of {config.batch_size} does not split evenly "
+            f"across {replicas} replicas; use a multiple of {replicas}"
+        )
+    if replicas > 1:
+        devices = ", ".join(strategy.extended.worker_devices)
+        print(
+            f"Strategy {config.strategy}: {replicas} replicas (here: {devices}), "
+            f"{config.batch_size // replicas} sequences each.",
+            flush=True,
+        )
+    policy = {"16": "mixed_float16", "bf16": "mixed_bfloat16", "32": "float32"}[config.precision]
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic is None:
+        config.deterministic = not tf.config.list_physical_devices("GPU")
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return strategy
