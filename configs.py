@@ -11,6 +11,7 @@ import re
 import tensorflow as tf
 
 import cluster
+import export
 import models
 import tools
 import wrappers
@@ -203,6 +204,11 @@ CORE = dict(
         1,
         "test episodes of each evaluation (the paper's: 1; their mean is test/return, their spread test/return_std, "
         "min and max) and of an --eval_only run",
+    ),
+    export=(
+        "",
+        "only export the policy of the latest checkpoint of --logdir to this new (or empty) folder as a TensorFlow "
+        "SavedModel, callable without this code (docs/usage.md); pass the flags the run was trained with",
     ),
 )
 
@@ -421,7 +427,11 @@ def logdir_problem(config):
     if config.logdir.exists() and not config.logdir.is_dir():
         return f"argument --logdir: {config.logdir} is a file; pass a folder (new or a run's)"
     existing = next(path for path in (config.logdir, *config.logdir.absolute().parents) if path.exists())
-    if config.strategy != "multi_worker" and not os.access(existing, os.W_OK | os.X_OK):  # Only its chief writes.
+    if config.export:  # Reads the run and writes only the SavedModel: export.py checks its folder instead.
+        problem = export.problem(config)
+        if problem:
+            return problem
+    elif config.strategy != "multi_worker" and not os.access(existing, os.W_OK | os.X_OK):  # Only its chief writes.
         if config.eval_only:
             return (
                 f"argument --logdir: cannot write in {existing}, where --eval_only writes eval.jsonl and eval/; "

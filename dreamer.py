@@ -23,6 +23,7 @@ if __name__ != "__mp_main__":
 
     import cluster
     import configs
+    import export
     import models
     import runtime
     import tools
@@ -575,7 +576,9 @@ class RandomAgent:
 
 def main(config):
     strategy = runtime.setup(config)
-    if config.eval_only:
+    if config.export:
+        export.export(config)
+    elif config.eval_only:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         evaluate(config)
     elif cluster.is_chief(strategy):
