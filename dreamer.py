@@ -4,7 +4,6 @@ import contextlib
 import functools
 import itertools
 import json
-import os
 import pathlib
 import signal
 import sys
@@ -17,7 +16,8 @@ import wrappers
 # MuJoCo through Mesa, which segfaults in a process that has loaded TensorFlow, so only the main
 # process imports it.
 if __name__ != "__mp_main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import runtime  # First: it imports TensorFlow without its start-up notices.
+
     import tensorflow as tf
     import tensorflow_probability as tfp
 
@@ -25,7 +25,6 @@ if __name__ != "__mp_main__":
     import configs
     import export
     import models
-    import runtime
     import tools
     from runtime import STOP, exit_2
 

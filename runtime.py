@@ -6,14 +6,50 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import sys
+import tempfile
 
-import keras
-import tensorflow as tf
+# TensorFlow's start-up notices (absl's note on logging before its start, oneDNN's, cudart's and, without a GPU,
+# cuInit's error) read as failures. They are dropped unless TF_CPP_MIN_LOG_LEVEL is set, which then applies as ever.
+NOTICES = re.compile(
+    r"All log messages before absl::InitializeLog|\] oneDNN custom operations are on|cudart_stub\.cc:"
+    r"|cuda_platform\.cc:\d+\] failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|computation_placer\.cc:\d+\] computation placer already registered|TF-TRT Warning: Could not find TensorRT"
+)
 
-from tools import write_atomic
+
+@contextlib.contextmanager
+def notices_dropped(drop=True):
+    """What the block writes to the process's stderr (file descriptor 2, where TensorFlow's C++ logs), less NOTICES."""
+    if not drop:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not NOTICES.search(line)))
+            sys.stderr.flush()
+
+
+with notices_dropped("TF_CPP_MIN_LOG_LEVEL" not in os.environ):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    tf.config.list_physical_devices("GPU")  # Starts the CUDA platform (cuInit).
+
+from tools import write_atomic  # noqa: E402
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -17,31 +17,6 @@ import types
 import numpy as np
 from gymnasium import spaces
 
-# The 20 continuous control tasks of the paper.
-DMC_TASKS = [
-    "acrobot_swingup",
-    "cartpole_balance",
-    "cartpole_balance_sparse",
-    "cartpole_swingup",
-    "cartpole_swingup_sparse",
-    "cheetah_run",
-    "cup_catch",
-    "finger_spin",
-    "finger_turn_easy",
-    "finger_turn_hard",
-    "hopper_hop",
-    "hopper_stand",
-    "pendulum_swingup",
-    "quadruped_run",
-    "quadruped_walk",
-    "reacher_easy",
-    "reacher_hard",
-    "walker_run",
-    "walker_stand",
-    "walker_walk",
-]
-
-
 # Task prefixes that make_env knows (each checked in check_task). Your own environment: register it with
 # Gymnasium and use gym_<EnvId>.
 SUITES = ("dmc", "atari", "gym")

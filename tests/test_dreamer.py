@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import types
 
@@ -6,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import GYM, ROOT, run_here
+from conftest import GYM, ROOT, run_dreamer, run_here
 from data import random_batch
 
 import configs
@@ -487,6 +488,16 @@ def test_resume_with_other_action_repeat_is_refused(tmp_path, capsys):
         configs.parse_config(["--logdir", str(tmp_path), "--configs", "debug", "--action_repeat", "4"])
     assert error.value.code == 2 and "--action_repeat 2 (not 4)" in capsys.readouterr().err
     assert (tmp_path / "config.json").read_text() == saved
+
+
+def test_start_shows_only_the_projects_lines(tmp_path):
+    """TensorFlow's start-up notices (absl, oneDNN, cudart, cuInit) are dropped unless TF_CPP_MIN_LOG_LEVEL is set."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = run_dreamer(tmp_path, "--eval_only", "True", check=False, env=env)
+    assert quiet.returncode == 2 and "error: argument --eval_only: no checkpoint" in quiet.stdout
+    assert not runtime.NOTICES.search(quiet.stdout) and "I0000" not in quiet.stdout, quiet.stdout
+    asked = run_dreamer(tmp_path, "--eval_only", "True", check=False, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert asked.returncode == 2 and runtime.NOTICES.search(asked.stdout), asked.stdout
 
 
 def test_flag_table_is_generated_from_the_flags():
