@@ -131,8 +131,7 @@ def leave(trainer):
 def serve(config, strategy, make_trainer, saved_config):
     """A non-chief worker: trains with the chief on the shared episode folder and writes nothing; its variables
     start from the chief's latest checkpoint. `make_trainer(dataset, image_shape, act_dim)` builds the agent and
-    its trainer,
-    `saved_config(logdir)` reads the chief's config.json (dreamer.saved_config)."""
+    its trainer, `saved_config(logdir)` reads the chief's config.json (configs.saved_config)."""
     resolver = strategy.cluster_resolver
     name = f"{resolver.task_type} {resolver.task_id}"
     try:

@@ -202,8 +202,8 @@ CORE = dict(
     ),
     eval_episodes=(
         1,
-        "test episodes of each evaluation (the paper's: 1; their mean is test/return, their spread test/return_std, "
-        "min and max) and of an --eval_only run",
+        "test episodes of each evaluation (the paper's: 1; at least one per --envs; their mean is test/return, their "
+        "spread test/return_std, min and max) and of an --eval_only run",
     ),
     export=(
         "",
@@ -247,7 +247,7 @@ def flags():
 
 
 def first_line(kind):
-    return " ".join(kind.__doc__.split("\n\n")[0].split()).rstrip(".")
+    return " ".join((kind.__doc__ or kind.__name__).split("\n\n")[0].split()).rstrip(".")
 
 
 def define_config():
@@ -445,7 +445,7 @@ def logdir_problem(config):
 
 
 def flag_table():
-    """docs/flags.md's flag table, from FLAGS."""
+    """docs/flags.md's flag table, from flags()."""
     rows = ["| flag | default | meaning |", "|---|---|---|"]
     for key, (default, text, *_) in flags().items():
         if key in ("logdir", "configs"):

@@ -47,6 +47,11 @@ class Dreamer:
             self.world_model = models.WorldModel(c, image_shape, act_dim)
             self.behavior = models.BEHAVIORS[c.behavior](c, self.world_model, act_dim)
         # What the checkpoint, the parameter counts and the multi-worker digest read.
+        names = set(self.world_model.modules) | set(self.world_model.optimizers) | {"next_train", "next_log"}
+        names |= {"next_eval", "last_eval"}  # The trainer's.
+        taken = names & (set(self.behavior.modules) | set(self.behavior.optimizers))
+        if taken:
+            raise ValueError(f"{type(self.behavior).__name__}: {', '.join(sorted(taken))} taken; rename them")
         self.modules = {**self.world_model.modules, **self.behavior.modules}
         self.optimizers = {**self.world_model.optimizers, **self.behavior.optimizers}
         counts = dict(model=sum(models.count_params(m) for m in self.world_model.modules.values()))
@@ -177,15 +182,18 @@ class Trainer:
         if self._datasets:  # From the episodes on disk now, batch k keyed by k: as any restart would draw them.
             start = int(agent.optimizers["model_opt"].opt.iterations.numpy())
             self.batches = iter(agent.strategy.experimental_distribute_dataset(self._datasets(start)))
+        progress = tools.Progress("Training", steps, "train steps")
         for _ in range(steps):
             if STOP.now():  # Between steps: a multi-worker chief never promises a step it does not take.
                 break
             self.handshake(True)
             data = next(self.batches)
             metrics = agent.train(data)
+            progress()
             if c.log_scalars:
                 for name, value in metrics.items():
                     self._logger.scalar(name, value)
+        progress.close()
         if STOP.now():  # Not done: the resumed run trains this burst again.
             raise KeyboardInterrupt
         self.train_every.done(agent.step)
@@ -325,7 +333,7 @@ def train(config, strategy=None, start=lambda go: None):
         if not tf.train.get_checkpoint_state(config.logdir / "checkpoints"):  # Else once its checkpoint took the flags.
             save_config(config)
         with contextlib.closing(
-            tools.Logger(config.logdir, tools.count_steps(datadir, config.action_repeat))
+            tools.Logger(config.logdir, tools.count_steps(datadir, config.action_repeat), config.steps)
         ) as logger:
             episode = functools.partial(process_episode, config, logger)
             train_envs = record(config, train_envs, [functools.partial(episode, "train", datadir)])
@@ -438,7 +446,10 @@ def test(config, agent, envs, episodes):
     """Test episodes without exploration (the actor's mode, or PlaNet's plan), their resets and noise keyed by the
     agent's env step (and the step within the call, for all but the first)."""
     seed = lambda index, step: tools.keyed_seed(config.seed, 1, agent.step, index, step)
-    simulate(functools.partial(act, agent, training=False), envs, episodes=episodes, reset_seed=seed)
+    progress = tools.Progress(f"Test episodes ({episodes})", episodes * config.time_limit, "env steps at most")
+    step = lambda: progress(len(envs) * config.action_repeat)
+    simulate(functools.partial(act, agent, training=False), envs, episodes=episodes, reset_seed=seed, on_step=step)
+    progress.close()
 
 
 def act(agent, *args, **kwargs):
@@ -489,7 +500,10 @@ def random_episodes(config, envs, start, steps):
     datadir = config.logdir / "episodes"
     agent = RandomAgent(envs[0].action_space, config.seed, start, config.action_repeat)
     seed = reset_seed(config, agent)
-    sim = simulate(agent, envs, steps // config.action_repeat, reset_seed=seed, stop=STOP)
+    progress = tools.Progress("Prefill", steps, "env steps")
+    step = lambda: progress(len(envs) * config.action_repeat)
+    sim = simulate(agent, envs, steps // config.action_repeat, reset_seed=seed, stop=STOP, on_step=step)
+    progress.close()
     if sim.stopped:
         return True
     if longest_episode(datadir) < config.batch_length:

@@ -360,6 +360,8 @@ class WorldModel:
         if c.pcont:
             self.heads["pcont"] = DenseDecoder((), 3, c.num_units, "binary", c.dense_act, name="pcont")
         self.objective = REPRESENTATIONS[c.representation](c, c.stoch_size + c.deter_size, act_dim)
+        if set(self.heads) & set(self.objective.heads):
+            raise ValueError(f"{type(self.objective).__name__}.heads: {set(self.objective.heads)} takes a model head")
         self.modules = dict(encoder=self.encoder, dynamics=self.dynamics)
         self.modules.update({f"{k}_head": v for k, v in {**self.heads, **self.objective.heads}.items()})
         # Build every variable eagerly, before any tracing.
@@ -368,7 +370,8 @@ class WorldModel:
         feat = self.dynamics.get_feat(post)
         for head in self.heads.values():
             head(feat)
-        self.objective.likes(embed, feat, dict(action=tf.zeros((1, 1, act_dim))))
+        zeros = dict(image=tf.zeros((1, 1, *image_shape)), action=tf.zeros((1, 1, act_dim)), reward=tf.zeros((1, 1)))
+        self.objective.likes(embed, feat, dict(zeros, discount=tf.ones((1, 1))))
         self.variables = [v for m in self.modules.values() for v in m.trainable_variables]
         # A decoder that shapes no state learns with an optimizer of its own, as TF1's heads outside gradient_heads
         # do (scripts/configs.py, optimizers.default: lr 1e-3, clipping 1000): its large gradient would otherwise
@@ -393,7 +396,10 @@ class WorldModel:
         if c.pcont:
             target = c.discount * data["discount"]
             likes["pcont"] = c.pcont_scale * tf.reduce_mean(self.heads["pcont"](feat).log_prob(target))
-        likes.update(self.objective.likes(embed, feat, data))
+        terms = self.objective.likes(embed, feat, data)
+        if set(terms) & set(likes):
+            raise ValueError(f"{type(self.objective).__name__}.likes: {set(terms)} takes a term of the model's")
+        likes.update(terms)
         prior_dist, post_dist = self.dynamics.get_dist(prior), self.dynamics.get_dist(post)
         div = tf.reduce_mean(tfd.kl_divergence(post_dist, prior_dist))
         # Free nats clamp the KL of the global batch: no gradient while its mean over all replicas is below.

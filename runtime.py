@@ -178,8 +178,10 @@ class Checkpoints:
         if resume and corrupt:
             move_aside(self.directory, corrupt)
         print(f"Loaded checkpoint {path}.", flush=True)
-        pending = self.directory / "pending.json"
-        saved = json.loads(pending.read_text()) if pending.exists() else {}
+        try:  # Written whole (write_atomic), if at all.
+            saved = json.loads((self.directory / "pending.json").read_text())
+        except (OSError, ValueError):
+            saved = {}
         return step, missing, saved["scalars"] if saved.get("step") == step else None
 
 

@@ -4,6 +4,7 @@ import itertools
 import json
 import pathlib
 import re
+import sys
 import time
 import warnings
 
@@ -284,6 +285,42 @@ def simulate(agent, envs, steps=0, episodes=0, state=None, reset_seed=None, stop
     return state
 
 
+class Progress:
+    """Progress of long work on the terminal (stderr, never metrics.jsonl): done of total, rate and time left, redrawn
+    in place on a terminal at most every half second, a line every `every` seconds where stderr is a file or pipe."""
+
+    def __init__(self, what, total, unit, every=30.0, stream=None):
+        self._what, self.total, self._unit = what, total, unit
+        self._stream = stream or sys.stderr
+        self._tty = self._stream.isatty()
+        self._every = 0.5 if self._tty else every
+        self._start = self._last = time.time()
+        self.done = 0
+
+    def __call__(self, amount=1):
+        self.done += amount
+        if time.time() - self._last >= self._every:
+            self._last = time.time()
+            rate = self.done / (self._last - self._start)
+            left = f"{duration((self.total - self.done) / rate)} left" if rate else "starting"
+            text = f"{self._what}: {self.done}/{self.total} {self._unit}, {rate:.3g} {self._unit}/s, {left}"
+            self._stream.write(f"\r\033[K{text}\r" if self._tty else f"{text}\n")  # Later lines overwrite it.
+            self._stream.flush()
+
+    def close(self):
+        if self._tty and self._last > self._start:
+            self._stream.write("\r\033[K")
+            self._stream.flush()
+
+
+def duration(seconds):
+    """`seconds` as a rounded duration: 45 s, 12 min, 3.4 h, 5.2 d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.2g} {unit}" if unit != "min" else f"{seconds / size:.0f} min"
+    return f"{seconds:.0f} s"
+
+
 # Distributions.
 
 
@@ -490,8 +527,8 @@ class Logger:
 
     SIM = ("episodes", "fps")
 
-    def __init__(self, logdir, step=0):
-        self._logdir = pathlib.Path(logdir)
+    def __init__(self, logdir, step=0, steps=None):
+        self._logdir, self._steps = pathlib.Path(logdir), steps  # `steps`: the run's --steps, for the terminal.
         self._writer = tf.summary.create_file_writer(str(logdir), max_queue=1000, flush_millis=20000)
         self._scalars = {}
         self._videos = {}
@@ -506,12 +543,15 @@ class Logger:
 
     def write(self, step, fps=False):
         """Average the scalars added since the last write."""
-        scalars = {k: self._mean(k, v) for k, v in self._scalars.items()}
+        scalars, note = {k: self._mean(k, v) for k, v in self._scalars.items()}, ""
         if fps:
-            duration = time.time() - self._last_time
-            scalars["fps"] = (step - self._last_step) / duration if duration else 0.0
+            seconds = time.time() - self._last_time
+            scalars["fps"] = (step - self._last_step) / seconds if seconds else 0.0
             self._last_step, self._last_time = step, time.time()
-        self.log(step, scalars, self._videos)
+            if self._steps and scalars["fps"] > 0:  # The terminal's, not metrics.jsonl's.
+                left = duration(max(0, self._steps - step) / scalars["fps"])
+                note = f" | {scalars['fps']:.3g} env steps/s since the last line, {left} to --steps at that rate"
+        self.log(step, scalars, self._videos, note)
         self._scalars, self._videos = {}, {}
 
     @staticmethod
@@ -522,12 +562,13 @@ class Logger:
         finite = values[np.isfinite(values)]
         return float(np.mean(finite if name.endswith("_grad_norm") and finite.size else values))
 
-    def log(self, step, scalars, videos=None):
-        """Write these values now, as their own line."""
+    def log(self, step, scalars, videos=None, note=""):
+        """Write these values now, as their own line (`note`: only on the terminal)."""
         if scalars:
             with (self._logdir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps({"step": int(step), "time": round(time.time(), 1), **scalars}) + "\n")
-            print(f"[{step}] " + " / ".join(f"{k} {v:.4g}" for k, v in scalars.items()), flush=True)
+            where = f"{step}/{self._steps}" if self._steps else f"{step}"
+            print(f"[{where}] " + " / ".join(f"{k} {v:.4g}" for k, v in scalars.items()) + note, flush=True)
         with self._writer.as_default():
             for name, value in scalars.items():
                 sim = "/" in name or name in self.SIM

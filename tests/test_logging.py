@@ -1,4 +1,7 @@
+import io
 import json
+import re
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -77,3 +80,31 @@ def test_grad_norms_average_over_the_steps_not_skipped(tmp_path):
     assert row["model_grad_norm"] == 3.0
     assert row["model_loss"] == np.inf  # Other metrics keep every value.
     assert np.isnan(row["value_grad_norm"])  # Nothing finite: it shows.
+
+
+def test_progress_lines_give_done_rate_and_time_left():
+    stream = io.StringIO()  # Not a terminal: whole lines, each at least `every` seconds apart.
+    progress = tools.Progress("Training", 4, "train steps", every=0.0, stream=stream)
+    for _ in range(4):
+        time.sleep(0.01)
+        progress()
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("Training: 1/4 train steps, ") and "\r" not in stream.getvalue()
+    assert re.fullmatch(r"Training: 3/4 train steps, [\d.e+]+ train steps/s, \d+ s left", lines[2]), lines[2]
+    quiet = io.StringIO()
+    tools.Progress("Training", 4, "train steps", every=60.0, stream=quiet)(4)
+    assert quiet.getvalue() == ""
+    assert [tools.duration(s) for s in (45, 600, 3 * 3600, 36 * 86400)] == ["45 s", "10 min", "3 h", "36 d"]
+
+
+def test_log_lines_say_the_step_of_steps_the_rate_and_the_time_left(tmp_path, capsys):
+    logger = tools.Logger(tmp_path, step=1000, steps=10**6)
+    time.sleep(0.05)
+    logger.scalar("model_loss", 1.0)
+    logger.write(2000, fps=True)
+    out = capsys.readouterr().out
+    assert out.startswith("[2000/1000000] model_loss 1 / fps ") and " env steps/s since the last line, " in out
+    assert out.rstrip().endswith("to --steps at that rate")
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert set(row) == {"step", "time", "model_loss", "fps"}  # The terminal's note is not in metrics.jsonl.
