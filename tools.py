@@ -289,7 +289,7 @@ class Progress:
     """Progress of long work on the terminal (stderr, never metrics.jsonl): done of total, rate and time left, redrawn
     in place on a terminal at most every half second, a line every `every` seconds where stderr is a file or pipe."""
 
-    def __init__(self, what, total, unit, every=30.0, stream=None):
+    def __init__(self, what, total, unit, every=10.0, stream=None):
         self._what, self.total, self._unit = what, total, unit
         self._stream = stream or sys.stderr
         self._tty = self._stream.isatty()
