@@ -225,17 +225,14 @@ def summarize(config, episode):
     return float(episode["reward"].astype(np.float64).sum()), (len(episode["reward"]) - 1) * config.action_repeat
 
 
-def process_episode(config, logger, mode, datadir, episode):
+def save_episode(config, logger, datadir, episode):
+    """A training episode to the episode store and a line of its return."""
     with STOP.interruptible(False):  # The episode's file and summaries are written whole.
-        _process_episode(config, logger, mode, datadir, episode)
-
-
-def _process_episode(config, logger, mode, datadir, episode):
-    tools.save_episodes(datadir, [episode])
-    step = tools.count_steps(datadir, config.action_repeat)
-    ret, length = summarize(config, episode)
-    print(f"{mode.title()} episode of length {length} with return {ret:.1f}.", flush=True)
-    logger.log(step, {f"{mode}/return": ret, f"{mode}/length": length, "episodes": tools.count_episodes(datadir)})
+        tools.save_episodes(datadir, [episode])
+        step = tools.count_steps(datadir, config.action_repeat)
+        ret, length = summarize(config, episode)
+        print(f"Train episode of length {length} with return {ret:.1f}.", flush=True)
+        logger.log(step, {"train/return": ret, "train/length": length, "episodes": tools.count_episodes(datadir)})
 
 
 def evaluation(config, logger, datadir, envs, episodes, agent):
@@ -335,8 +332,7 @@ def train(config, strategy=None, start=lambda go: None):
         with contextlib.closing(
             tools.Logger(config.logdir, tools.count_steps(datadir, config.action_repeat), config.steps)
         ) as logger:
-            episode = functools.partial(process_episode, config, logger)
-            train_envs = record(config, train_envs, [functools.partial(episode, "train", datadir)])
+            train_envs = record(config, train_envs, [functools.partial(save_episode, config, logger, datadir)])
             tests = []
             test_envs = record(config, test_envs, [tests.append])
             evaluate_now = functools.partial(evaluation, config, logger, datadir, test_envs, tests)
