@@ -20,6 +20,7 @@ TINY = "--configs debug --task dmc_cartpole_balance --precision 32".split()
 # PixelReach (tests/gym_envs.py) stepped in the test process: a run of 240 env steps in seconds. Episodes of 40 env
 # steps, a prefill of 80, an evaluation and a checkpoint every 80, a train step every 40 (2 to pretrain).
 GYM = "--configs debug --precision 32 --task gym_PixelReach-v0 --env_module gym_envs --parallel none --time_limit 40"
+GYM += " --deterministic True"
 GYM += " --prefill 80 --pretrain 2 --train_every 40 --train_steps 1 --eval_every 80 --log_every 80"
 GYM = GYM.split()
 

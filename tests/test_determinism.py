@@ -17,7 +17,7 @@ def straight(tmp_path_factory):
 
 def test_split_run_equals_uninterrupted_run(trained_run, straight):
     split = trained_run[0]
-    assert json.loads((split / "config.json").read_text())["deterministic"] == "True"  # The default on CPU.
+    assert json.loads((split / "config.json").read_text())["deterministic"] == "True"  # conftest's GYM flags.
     assert "Loaded checkpoint" in trained_run[2]  # It did resume.
     steps = [line["step"] for line in metrics(straight)]
     assert max(steps) >= 240 and any("model_loss" in line for line in metrics(straight))

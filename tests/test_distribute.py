@@ -17,6 +17,9 @@ import configs
 
 SMALL = [*TINY, "--batch_size", "4"]
 
+# The mirrored tests split the CPU into logical devices: GPUs hidden, where there are any.
+CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
+
 
 def cluster_env(ports, index):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
@@ -50,7 +53,8 @@ def test_bad_tf_config_is_refused(tf_config, message, monkeypatch, capsys, tmp_p
 
 
 def test_global_batch_must_split_evenly(tmp_path):
-    result = run_dreamer(tmp_path / "run", *TINY, "--strategy", "mirrored", "--replicas", "2", check=False)
+    flags = [*TINY, "--strategy", "mirrored", "--replicas", "2"]
+    result = run_dreamer(tmp_path / "run", *flags, check=False, env=CPU_ONLY)
     assert result.returncode == 2
     assert "global batch of 3 does not split evenly across 2 replicas" in result.stdout
     assert not (tmp_path / "run").exists()
@@ -72,7 +76,7 @@ def test_mirrored_step_equals_single_device_step(tmp_path, variant):
     other losses agree."""
     flags = [*SMALL, *VARIANTS[variant], "--free_nats", "0", "--grad_clip", "1", "--weight_decay", "1e-4"]
     command = [sys.executable, str(ROOT / "tests" / "distributed_step.py"), str(tmp_path), *flags]
-    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=CPU_ONLY)
     assert output.returncode == 0, output.stderr[-3000:]
     result = json.loads(output.stdout.strip().splitlines()[-1])
     metrics, other = result["metrics"], result["other_metrics"]
@@ -191,7 +195,7 @@ def test_multi_worker_chief_stopped_in_its_prefill_stops_the_workers(tmp_path):
 def test_mirrored_run_trains_and_resumes_on_one_device(tmp_path):
     """A real mirrored run (2 logical CPUs) logs, writes open-loop videos and a checkpoint that a single-device
     run resumes from."""
-    logdir, env = tmp_path / "run", {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    logdir, env = tmp_path / "run", {**CPU_ONLY, "PYTHONPATH": str(ROOT / "tests")}
     flags = [*GYM, "--batch_size", "4"]
     first = run_dreamer(logdir, *flags, "--steps", "160", "--strategy", "mirrored", "--replicas", "2", env=env).stdout
     assert "Strategy mirrored: 2 replicas" in first and "2 sequences each" in first

@@ -376,9 +376,10 @@ def test_float32_train_step_computes_what_it_did(tmp_path):
         discount=np.ones((3, 8), np.float32),
     )
     data = tools.preprocess({k: tf.constant(v) for k, v in batch.items()}, config)
-    agent = dreamer.Dreamer(config, tf.data.Dataset.from_tensors(data), (64, 64, 3), 2)
-    for _ in range(3):
-        metrics = agent.train(data)
+    with tf.device("/CPU:0"):  # The CPU's float32 kernels (a GPU's may compute in TF32).
+        agent = dreamer.Dreamer(config, tf.data.Dataset.from_tensors(data), (64, 64, 3), 2)
+        for _ in range(3):
+            metrics = agent.train(data)
     expected = {
         "action_ent": -7.031713485717773,  # A sample estimate, its samples keyed by the seed (--deterministic).
         "actor_grad_norm": 0.254005491733551,
@@ -642,6 +643,7 @@ def test_resume_in_float16_of_a_float32_run_is_refused(trained_run, capsys):
 def test_precision_defaults_to_the_runs_then_to_the_device(tmp_path):
     flags = lambda logdir: ["--logdir", str(logdir), "--task", "dmc_walker_walk"]
     device = "16" if tf.config.list_physical_devices("GPU") else "32"
+    assert configs.default_precision(tmp_path / "new", gpus=[]) == "32"
     assert configs.parse_config(flags(tmp_path / "new")).precision == device
     (tmp_path / "config.json").write_text(json.dumps({"precision": "bf16"}))
     assert configs.parse_config(flags(tmp_path)).precision == "bf16"

@@ -7,10 +7,12 @@ from conftest import run_here
 
 
 def digest(logdir):
-    """Content hash of every file of the training state: episodes, checkpoints, config."""
-    files = sorted(p for p in logdir.rglob("*") if p.is_file() and p.parts[-2] in ("episodes", "checkpoints"))
-    files.append(logdir / "config.json")
+    """Content hash of every file of the run but what --eval_only writes (eval.jsonl, eval/)."""
+    files = sorted(p for p in logdir.rglob("*") if p.is_file() and p.relative_to(logdir).parts[0] not in EVAL)
     return {str(p.relative_to(logdir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+EVAL = ("eval.jsonl", "eval")
 
 
 def test_eval_only_writes_scores_and_videos_and_changes_nothing(trained_run):
