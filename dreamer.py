@@ -318,11 +318,13 @@ def save_config(config):
     tools.write_atomic(config.logdir / "config.json", json.dumps({k: str(v) for k, v in config.items()}, indent=2))
 
 
+@runtime.exits_on_full_disk
 def train(config, strategy=None, start=lambda go: None):
     """A training run: prefill, then evaluate and save when due, else collect (training when due), to --steps.
 
     Under multi_worker the other workers only train with the chief, which calls `start(True)` once its prefill is
-    done. Stopped, interrupted or given up on a crashing environment, the run saves a checkpoint to resume from."""
+    done. Stopped, interrupted or given up on a crashing environment, the run saves a checkpoint to resume from; on
+    a full disk it exits 3 (runtime.DISK_FULL) without one, to resume from the last."""
     if strategy is not None and not cluster.is_chief(strategy):
         return cluster.serve(config, strategy, functools.partial(make_trainer, config, strategy), configs.saved_config)
     datadir = config.logdir / "episodes"
@@ -516,6 +518,7 @@ def random_episodes(config, envs, start, steps):
     exit_2(f"100 prefill episodes and none has --batch_length {config.batch_length} steps; lower --batch_length")
 
 
+@runtime.exits_on_full_disk
 def evaluate(config):
     """Test episodes of the latest checkpoint; writes only eval.jsonl and eval/, never the training state."""
     episodes = []
@@ -531,14 +534,14 @@ def evaluate(config):
     episodes = episodes[: config.eval_episodes]
     outdir = config.logdir / "eval"
     outdir.mkdir(exist_ok=True)
-    returns = []
-    with (config.logdir / "eval.jsonl").open("a") as f:
-        for index, episode in enumerate(episodes):
-            ret, length = summarize(config, episode)
-            returns.append(ret)
-            f.write(json.dumps({"step": step, "episode": index, "return": ret, "length": length}) + "\n")
-            tools.write_video(outdir / f"{step}-{index}.mp4", episode["image"])
+    returns, lines = [], []
+    for index, episode in enumerate(episodes):
+        ret, length = summarize(config, episode)
+        returns.append(ret)
+        lines.append(json.dumps({"step": step, "episode": index, "return": ret, "length": length}))
+        tools.write_video(outdir / f"{step}-{index}.mp4", episode["image"])
     tools.write_strip(outdir / f"{step}-openl.png", agent.openl(episodes))
+    tools.append_line(config.logdir / "eval.jsonl", "\n".join(lines))  # Last, and all of them or none.
     print(
         f"Evaluated checkpoint of step {step} over {len(returns)} episodes: return {np.mean(returns):.1f} "
         f"± {np.std(returns):.1f} (mean ± std). Videos and open-loop predictions in {outdir}.",

@@ -96,6 +96,7 @@ def problem(config):
     return ""
 
 
+@runtime.exits_on_full_disk
 def export(config):
     """Writes the policy of the latest checkpoint in config.logdir to config.export as a SavedModel (a folder made
     beside it, renamed into place once complete); returns the Policy module."""
@@ -114,6 +115,8 @@ def export(config):
         tf.saved_model.save(policy, str(partial), signatures=policy.signatures())
         os.replace(partial, path)  # Also onto an empty folder.
     except OSError as e:
+        if runtime.no_space(e):  # Not the path's fault: exits 3.
+            raise
         runtime.exit_2(f"argument --export: could not write {path} ({e}); pass a new or empty folder")
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -1,14 +1,18 @@
-"""Run-time plumbing of dreamer.py: the stop signals, the lock of a logdir, exits on bad input, and checkpoints
-checked before they are restored."""
+"""Run-time plumbing of dreamer.py: the stop signals, the lock of a logdir, exits on bad input and on a full disk,
+and checkpoints checked before they are restored."""
 
 import contextlib
+import errno
 import fcntl
+import functools
 import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 
@@ -49,7 +53,10 @@ with notices_dropped("TF_CPP_MIN_LOG_LEVEL" not in os.environ):
 
     tf.config.list_physical_devices("GPU")  # Starts the CUDA platform (cuInit).
 
-from tools import write_atomic  # noqa: E402
+from tools import count_episodes, count_steps, named, write_atomic  # noqa: E402
+
+# Exit codes: 1 for a crash (or an environment that keeps crashing), 2 for bad input (exit_2), 3 for a full disk.
+DISK_FULL = 3
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -126,10 +133,144 @@ def lock_logdir(logdir):
             f"argument --logdir: {logdir} is in use by a training run ({holder}); wait for it to end or stop "
             "it, or use another --logdir (--eval_only may run beside it)"
         )
-    lock.truncate(0)
-    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    lock.flush()
+    with named(logdir / "lock"):
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
     return lock
+
+
+# A full disk.
+
+NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def no_space(error):
+    """For an error that says a write found no space left on its device (ENOSPC) or was over a disk quota (EDQUOT),
+    as an OSError or a TensorFlow error quoting the system's message, or for one raised while handling such an
+    error: (what ran out, the path written or None where the errors name none); else None. The first one counts,
+    as others (the flush of a file being closed) followed from it, and the first path named."""
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) not in (None, *chain):
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    found = [found for found in map(_no_space, reversed(chain)) if found]
+    return (found[0][0], next((path for _, path in found if path), None)) if found else None
+
+
+def _no_space(error):
+    if isinstance(error, OSError) and error.errno in NO_SPACE:
+        name = os.fsdecode(error.filename) if isinstance(error.filename, (str, bytes, os.PathLike)) else None
+        return NO_SPACE[error.errno], name
+    if isinstance(error, tf.errors.OpError):
+        # "{{function_node ...}} <path>; No space left on device [Op:SaveV2]"
+        first = re.sub(r"^\{\{.*?\}\}\s*", "", str(error.message).strip().split("\n")[0])
+        for code, reason in NO_SPACE.items():
+            match = re.search(rf"^(.*?);?\s*{re.escape(os.strerror(code))}", first)
+            if match:
+                return reason, re.sub(r"\.tempstate\d+$", "", match.group(1)) or None
+    return None
+
+
+def exits_on_full_disk(function):
+    """dreamer.py's train(config, ...), evaluate(config) and export(config): where a write finds the disk full, the
+    run ends with one line (full_disk) and exit code DISK_FULL instead of a traceback. It saves no checkpoint more:
+    the rerun resumes from the last one."""
+
+    @functools.wraps(function)
+    def wrapper(config, *args, **kwargs):
+        try:
+            return function(config, *args, **kwargs)
+        except Exception as e:
+            if no_space(e) is None:
+                raise
+            full_disk(e, config)
+
+    return wrapper
+
+
+def full_disk(error, config):
+    """Exit DISK_FULL with one line: what ran out, writing what, where the space of the logdir went, and what the
+    same command does once space is freed."""
+    reason, path = no_space(error)
+    logdir, export = pathlib.Path(config.logdir), config.get("export")
+    if export:
+        after = f"Nothing was written to {export}: free space and run the same command again."
+    elif config.get("eval_only"):
+        after = "The run is as it was, and eval.jsonl has no line of this evaluation: free space and run the same "
+        after += "command again."
+    else:
+        after = resumes(config) + ": run the same command again."
+    try:  # Where the space went.
+        usage = f" ({size(free_space(path or export or logdir))} free there"
+        usage += ")" if export else f"; {folder_usage(logdir)})"
+    except OSError:
+        usage = ""
+    where = f" writing {path}" if path else ""
+    with contextlib.suppress(OSError):  # Where the standard error is on the full disk too, the exit code tells.
+        print(f"{os.path.basename(sys.argv[0])}: error: {reason}{where}{usage}. {after}", file=sys.stderr)
+        sys.stderr.flush()
+    sys.exit(DISK_FULL)
+
+
+def resumes(config):
+    """Where a training run resumes from: the newest checkpoint that reads back whole, else the episodes on disk."""
+    directory, episodes = pathlib.Path(config.logdir) / "checkpoints", pathlib.Path(config.logdir) / "episodes"
+    for path in reversed(checkpoint_paths(directory)):
+        if not unreadable(path):
+            step = path.rsplit("-", 1)[-1]
+            return f"The run resumes from checkpoint {step} ({directory}) once space is freed"
+    count = count_episodes(episodes)
+    if count:
+        steps = count_steps(episodes, config.action_repeat)
+        return (
+            f"The run resumes from its {count} episode{'s' if count > 1 else ''} on disk ({steps} env steps in "
+            f"{episodes}) once space is freed"
+        )
+    return "Nothing of the run is on disk yet; it starts once space is freed"
+
+
+def checkpoint_paths(directory):
+    """The checkpoints that the state file in `directory` lists, oldest first (none where it does not read)."""
+    try:
+        state = tf.train.get_checkpoint_state(directory) if pathlib.Path(directory).exists() else None
+    except Exception:  # noqa: BLE001 (an OpError or a ParseError where the state file itself is broken)
+        state = None
+    return list(state.all_model_checkpoint_paths) if state else []
+
+
+def free_space(path):
+    path = pathlib.Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def folder_usage(logdir):
+    """What a run folder holds, by kind, largest first: 'LOGDIR holds 11.2 MiB: events 8.1, episodes 2.0, ...'."""
+    kinds = {}
+    for entry in os.scandir(logdir) if os.path.isdir(logdir) else ():
+        kind = "events" if entry.name.startswith("events.out.tfevents") else entry.name
+        kind = kind if kind in ("episodes", "checkpoints", "events", "metrics.jsonl") else "other"
+        kinds[kind] = kinds.get(kind, 0) + tree_size(entry.path)
+    total = sum(kinds.values())
+    unit = 2**30 if total >= 2**30 else 2**20
+    parts = [f"{kind} {n / unit:.1f}" for kind, n in sorted(kinds.items(), key=lambda k: -k[1])]
+    parts = ", ".join(part for part in parts if not part.endswith(" 0.0"))
+    return f"{logdir} holds {size(total)}" + (f": {parts}" if parts else "")
+
+
+def tree_size(path):
+    """Bytes of the regular files at or under `path` (links not followed)."""
+    info = os.lstat(path)
+    if stat.S_ISREG(info.st_mode):
+        return info.st_size
+    if not stat.S_ISDIR(info.st_mode):
+        return 0
+    return sum(tree_size(entry.path) for entry in os.scandir(path))
+
+
+def size(n):
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 class Checkpoints:
@@ -149,10 +290,30 @@ class Checkpoints:
             self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, 2)
         if pending is not None:  # Scalars not yet written, for the line a resumed run writes next.
             self.directory.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.directory / "pending.json", json.dumps({"step": step, "scalars": pending}))
-        path = self._manager.save(checkpoint_number=step)
+            # With the last checkpoint's, for a rerun from it where this one is not written whole.
+            previous = {k: v for k, v in self._pending().items() if k != "previous"}
+            write_atomic(
+                self.directory / "pending.json", json.dumps({"step": step, "scalars": pending, "previous": previous})
+            )
+        try:
+            path = self._manager.save(checkpoint_number=step)
+        except Exception:
+            self._discard(step)
+            raise
         self._saved = step
         print(f"Saved checkpoint {path}.", flush=True)
+
+    def _discard(self, step):
+        """What a save of `step` that failed (a full disk) left: its temporary folder and state file, and its files
+        under their final names, half written, unless the checkpoint state lists it (then a rerun checks it)."""
+        name = f"ckpt-{step}"
+        shutil.rmtree(self.directory / f"{name}_temp", ignore_errors=True)
+        listed = {pathlib.Path(p).name for p in checkpoint_paths(self.directory)}
+        files = list(self.directory.glob("checkpoint.tmp*"))
+        files += [] if name in listed else list(self.directory.glob(f"{name}.*"))
+        for file in files:
+            with contextlib.suppress(OSError):
+                file.unlink()
 
     def restore(self, resume=False, optional=()):
         """The newest checkpoint that reads back whole restored: its env step (None where there is none), the names
@@ -178,11 +339,17 @@ class Checkpoints:
         if resume and corrupt:
             move_aside(self.directory, corrupt)
         print(f"Loaded checkpoint {path}.", flush=True)
+        saved = self._pending()
+        for entry in (saved, saved.get("previous") or {}):
+            if entry.get("step") == step:
+                return step, missing, entry["scalars"]
+        return step, missing, None
+
+    def _pending(self):
         try:  # Written whole (write_atomic), if at all.
-            saved = json.loads((self.directory / "pending.json").read_text())
+            return json.loads((self.directory / "pending.json").read_text())
         except (OSError, ValueError):
-            saved = {}
-        return step, missing, saved["scalars"] if saved.get("step") == step else None
+            return {}
 
 
 def newest_intact(directory):

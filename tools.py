@@ -1,10 +1,15 @@
+import contextlib
 import dataclasses
+import errno
 import io
 import itertools
 import json
+import os
 import pathlib
 import re
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 
@@ -27,8 +32,8 @@ class AttrDict(dict):
 
 
 def save_episodes(directory, episodes):
-    """Write episodes as <index>-<length>.npz, numbered on from the folder's last; a kill never leaves a partial
-    file under a final name."""
+    """Write episodes as <index>-<length>.npz, numbered on from the folder's last; a kill or a full disk never
+    leaves a partial file under a final name."""
     directory = pathlib.Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     # Numbered, not timestamped: the order (the store's age order) is the save order, whatever the clock says.
@@ -41,7 +46,7 @@ def save_episodes(directory, episodes):
             np.savez_compressed(buffer, **episode)
             data = buffer.getvalue()
         temp = filename.with_suffix(".tmp")
-        with temp.open("wb") as f:
+        with named(temp, remove=True), temp.open("wb") as f:
             f.write(data)
         temp.rename(filename)
         filenames.append(filename)
@@ -49,10 +54,46 @@ def save_episodes(directory, episodes):
 
 
 def write_atomic(path, text):
-    """Write a text file whole or not at all (a kill leaves the old one)."""
+    """Write a file (text or bytes) whole or not at all: a kill or a full disk leaves the old one."""
     temp = pathlib.Path(path).with_suffix(".tmp")
-    temp.write_text(text)
+    with named(temp, remove=True):
+        temp.write_bytes(text) if isinstance(text, bytes) else temp.write_text(text)
     temp.rename(path)
+
+
+def append_line(path, line):
+    """Append a line to a text file whole or not at all: a write that fails (a full disk) is cut off again, so
+    that the next line does not continue a torn one."""
+    data = (line + "\n").encode()
+    with named(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def named(path, remove=False):
+    """Writes to `path`: an OSError raised within names it (one from a write names no file), and with `remove`
+    the (temporary) file is deleted, so that a failed write leaves nothing behind."""
+    try:
+        yield
+    except OSError as e:
+        if remove:
+            with contextlib.suppress(OSError):
+                pathlib.Path(path).unlink(missing_ok=True)
+        if e.filename is None:
+            e.filename = str(path)
+        raise
 
 
 def episode_order(filename):
@@ -493,16 +534,46 @@ def encode_gif(frames, fps=20):
 
 
 def write_video(path, frames, fps=30):
-    """uint8 frames [T, H, W, C] as an mp4 (imageio-ffmpeg ships its own ffmpeg binary)."""
-    imageio.v2.mimwrite(path, np.asarray(frames), fps=fps, macro_block_size=1)
+    """uint8 frames [T, H, W, C] as an mp4 (imageio-ffmpeg ships its own ffmpeg binary), whole or not at all. As
+    ffmpeg's own write errors pass silently, it writes to a temporary folder, where its file is checked."""
+    frames = np.asarray(frames)
+    with tempfile.TemporaryDirectory() as temp:
+        video = pathlib.Path(temp) / "video.mp4"
+        imageio.v2.mimwrite(video, frames, fps=fps, macro_block_size=1)
+        if not mp4_complete(video):  # ffmpeg printed why: most likely a full disk.
+            full = shutil.disk_usage(temp).free < frames.nbytes
+            raise OSError(errno.ENOSPC if full else errno.EIO, "ffmpeg wrote an incomplete mp4", str(video))
+        data = video.read_bytes()
+    write_atomic(path, data)
+
+
+def mp4_complete(path):
+    """Whether an mp4's top-level boxes fill the file exactly and include the index ('moov', written last)."""
+    size, offset, boxes = os.path.getsize(path), 0, set()
+    with open(path, "rb") as f:
+        while offset + 8 <= size:
+            f.seek(offset)
+            header = f.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1:  # A 64-bit size follows.
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:  # To the end of the file.
+                length = size - offset
+            if length < 8:
+                return False
+            boxes.add(kind)
+            offset += length
+    return offset == size and b"moov" in boxes
 
 
 def write_strip(path, video, columns=10):
-    """Open-loop video [B, T, H, W, C] as one PNG: `columns` frames per sequence, sequences stacked."""
+    """Open-loop video [B, T, H, W, C] as one PNG: `columns` frames per sequence, sequences stacked; whole or not
+    at all."""
     video = np.asarray(video)
     frames = video[:, :: max(1, video.shape[1] // columns)][:, :columns]
     B, T, H, W, C = frames.shape
-    iio.imwrite(path, frames.transpose((0, 2, 1, 3, 4)).reshape((B * H, T * W, C)))
+    image = frames.transpose((0, 2, 1, 3, 4)).reshape((B * H, T * W, C))
+    write_atomic(path, iio.imwrite("<bytes>", image, extension=".png"))
 
 
 def video_summary(name, video, step, max_frames=200, fps=20):
@@ -519,7 +590,9 @@ def video_summary(name, video, step, max_frames=200, fps=20):
     image = tf.compat.v1.Summary.Image(height=H, width=B * W, colorspace=C)
     image.encoded_image_string = encode_gif(frames, fps)
     summary.value.add(tag=name, image=image)
-    tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step)
+    summary = summary.SerializeToString()
+    tf.summary.experimental.write_raw_pb(summary, step)
+    return len(summary)
 
 
 class Logger:
@@ -529,7 +602,11 @@ class Logger:
 
     def __init__(self, logdir, step=0, steps=None):
         self._logdir, self._steps = pathlib.Path(logdir), steps  # `steps`: the run's --steps, for the terminal.
+        others = set(self._logdir.glob("events.out.tfevents.*"))
         self._writer = tf.summary.create_file_writer(str(logdir), max_queue=1000, flush_millis=20000)
+        self._writer.flush()  # Its file, made now.
+        ours = set(self._logdir.glob("events.out.tfevents.*")) - others
+        self._events = ours.pop() if len(ours) == 1 else None
         self._scalars = {}
         self._videos = {}
         self._last_step = step
@@ -565,17 +642,27 @@ class Logger:
     def log(self, step, scalars, videos=None, note=""):
         """Write these values now, as their own line (`note`: only on the terminal)."""
         if scalars:
-            with (self._logdir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps({"step": int(step), "time": round(time.time(), 1), **scalars}) + "\n")
+            line = json.dumps({"step": int(step), "time": round(time.time(), 1), **scalars})
+            append_line(self._logdir / "metrics.jsonl", line)
             where = f"{step}/{self._steps}" if self._steps else f"{step}"
             print(f"[{where}] " + " / ".join(f"{k} {v:.4g}" for k, v in scalars.items()) + note, flush=True)
+        size = self._events_size()
         with self._writer.as_default():
             for name, value in scalars.items():
                 sim = "/" in name or name in self.SIM
                 tf.summary.scalar(f"sim/{name}" if sim else f"agent/{name}", value, step)
-            for name, value in (videos or {}).items():
-                video_summary(name, value, step)
+            written = sum(video_summary(name, value, step) for name, value in (videos or {}).items())
         self._writer.flush()
+        # TensorFlow drops a record longer than its file's buffer that does not fit without an error (only what
+        # stays in the buffer fails the flush): GIFs that did not make it.
+        if written and size is not None and (self._events_size() or 0) - size < written:
+            full = shutil.disk_usage(self._logdir).free < written
+            raise OSError(errno.ENOSPC if full else errno.EIO, "TensorFlow could not write the GIFs", str(self._events))
+
+    def _events_size(self):
+        with contextlib.suppress(OSError):
+            return self._events.stat().st_size if self._events else None
+        return None
 
     @property
     def pending(self):
