@@ -305,6 +305,9 @@ def parse(parser, argv):
     """Flags over the presets of --configs over the defaults."""
     configs = parser.parse_known_args(argv)[0].configs
     for name in configs:
+        unknown = set(PRESETS[name]) - set(flags())
+        if unknown:  # A preset of a variant that is not registered, or a misspelt flag.
+            parser.error(f"argument --configs: {name} sets {', '.join(sorted(unknown))}, which no flag is")
         parser.set_defaults(**PRESETS[name])
     config = tools.AttrDict(vars(parser.parse_args(argv)))
     try:  # Also where the shell leaves ~ as it is (--logdir=~/runs).

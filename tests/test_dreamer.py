@@ -491,6 +491,13 @@ def test_resume_with_other_action_repeat_is_refused(tmp_path, capsys):
     assert (tmp_path / "config.json").read_text() == saved
 
 
+def test_a_preset_of_no_flag_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(configs.PRESETS, "shooting", dict(behavior="random_shooting", shooting_candidates=10))
+    with pytest.raises(SystemExit) as error:
+        configs.parse_config(["--logdir", str(tmp_path), "--configs", "shooting"])
+    assert error.value.code == 2 and "shooting sets shooting_candidates, which no flag is" in capsys.readouterr().err
+
+
 def test_start_shows_only_the_projects_lines(tmp_path):
     """TensorFlow's start-up notices (absl, oneDNN, cudart, cuInit) are dropped unless TF_CPP_MIN_LOG_LEVEL is set."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
