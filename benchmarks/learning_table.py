@@ -2,7 +2,7 @@
 steps with a 95% stratified-bootstrap interval (rliable) over the window's evaluations of all seeds.
 
     python benchmarks/learning_table.py --runs ./logdir/dmc_walker_stand --curves docs/learning_check_runs.json \
-      --reference ../shared/reference/calibration_walker_stand.json --window 25000 50000
+      --reference ../shared/reference/calibration_walker_stand.json --levels docs/random_policy.json
 
 Runs are read from <runs>/<method>/<seed>/metrics.jsonl; their curves are merged into --curves (replacing those of
 the same task, method and seed), which plotting.py draws with --curves. The table goes to stdout as markdown.
@@ -60,7 +60,7 @@ def window_mean(curves, low, high, reps=2000, seed=0):
     return float(point[0]), interval[:, 0], len(scores)
 
 
-def table(curves, low, high, steps):
+def table(curves, low, high, steps, levels=None):
     methods = list(dict.fromkeys(c["method"] for c in curves))
     head = ["method", "seed"] + [f"{s // 1000}k" for s in steps] + [f"mean {low // 1000}k–{high // 1000}k [95% CI] (n)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -75,6 +75,8 @@ def table(curves, low, high, steps):
             lines.append(
                 "| " + " | ".join([f"**{method}**", seeds, *[""] * len(steps), summary(runs, low, high)]) + " |"
             )
+    for name, value in (levels or {}).items():
+        lines.append("| " + " | ".join([name, "", *[""] * len(steps), f"{value:.0f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -91,6 +93,7 @@ def main():
     parser.add_argument("--runs", required=True, help="folder <task> with runs in <method>/<seed>/")
     parser.add_argument("--curves", help="JSON list of curves to merge the runs into (written back)")
     parser.add_argument("--reference", nargs="*", default=[], help="curve files to show beside them in the table")
+    parser.add_argument("--levels", help="JSON {task: {name: return}} of fixed levels (docs/random_policy.json)")
     parser.add_argument("--window", nargs=2, type=float, default=(25000, 50000), help="env steps of the mean")
     parser.add_argument("--rename", nargs="*", default=["dreamer=dreamer-32"], help="method=name in the curves")
     args = parser.parse_args()
@@ -107,7 +110,8 @@ def main():
         curves += [c for c in json.loads(pathlib.Path(file).read_text()) if c["task"] == task]
     low, high = (int(x) for x in args.window)
     steps = sorted({x for c in curves for x in c["xs"] if x <= high})
-    print(table(curves, low, high, steps))
+    levels = json.loads(pathlib.Path(args.levels).read_text()).get(task, {}) if args.levels else {}
+    print(table(curves, low, high, steps, levels))
 
 
 if __name__ == "__main__":
