@@ -94,6 +94,7 @@ def main():
     parser.add_argument("--curves", help="JSON list of curves to merge the runs into (written back)")
     parser.add_argument("--reference", nargs="*", default=[], help="curve files to show beside them in the table")
     parser.add_argument("--levels", help="JSON {task: {name: return}} of fixed levels (docs/random_policy.json)")
+    parser.add_argument("--methods", nargs="*", help="the table's methods (curve names), in this order; default all")
     parser.add_argument("--window", nargs=2, type=float, default=(25000, 50000), help="env steps of the mean")
     parser.add_argument("--rename", nargs="*", default=["dreamer=dreamer-32"], help="method=name in the curves")
     args = parser.parse_args()
@@ -108,6 +109,10 @@ def main():
     task = pathlib.Path(args.runs).name
     for file in args.reference:
         curves += [c for c in json.loads(pathlib.Path(file).read_text()) if c["task"] == task]
+    if args.methods:
+        curves = sorted(
+            (c for c in curves if c["method"] in args.methods), key=lambda c: args.methods.index(c["method"])
+        )
     low, high = (int(x) for x in args.window)
     steps = sorted({x for c in curves for x in c["xs"] if x <= high})
     levels = json.loads(pathlib.Path(args.levels).read_text()).get(task, {}) if args.levels else {}

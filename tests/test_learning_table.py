@@ -53,3 +53,18 @@ def test_table_and_curves(tmp_path):
         ("dmc_walker_stand", "no_value", 0),
     ]
     assert merged[1]["ys"] == [100, 200, 300, 400, 500, 600] and merged[1]["std"] == [2.0] * 6
+
+
+def test_methods_pick_and_order_the_rows(tmp_path):
+    runs = tmp_path / "dmc_walker_stand"
+    write_run(runs / "dreamer" / "0", [100, 200])
+    write_run(runs / "contrastive" / "0", [50, 60])
+    write_run(runs / "no_value" / "0", [70, 80])
+    out = subprocess.run(
+        [sys.executable, "benchmarks/learning_table.py", "--runs", str(runs), "--methods", "no_value", "dreamer-32"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert [line.split("|")[1].strip() for line in out.splitlines()[2:]] == ["no_value", "dreamer-32"]
